@@ -1,0 +1,6 @@
+"""gpuscope: engine events from a patched llama.cpp, read live from a shared-memory ring."""
+__version__ = "0.1.0"
+
+from gpuscope.trace.model import Trace, load_trace  # noqa: E402  (the facade users start from)
+
+__all__ = ["Trace", "load_trace", "__version__"]

@@ -1,0 +1,56 @@
+"""The `gpuscope` command: one CLI, one subcommand per stage.
+
+Each stage module exposes `register(subparsers)` that adds its subcommand(s)
+and sets `func` on the parser; this file only wires them together.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpuscope import errors
+
+# Stage modules that contribute subcommands, in the order `--help` lists them.
+_COMMAND_MODULES = (
+    "gpuscope.trace.record",
+    "gpuscope.ring.bench",
+)
+
+
+def command_group(subparsers, name: str, help: str):
+    """The nested subparsers of a group such as `bench` that several stage modules add commands to."""
+    if name not in subparsers.choices:
+        group = subparsers.add_parser(name, help=help)
+        group.set_defaults(_group_subparsers=group.add_subparsers(dest=f"{name}_command", metavar="WHAT",
+                                                                  required=True))
+    return subparsers.choices[name].get_default("_group_subparsers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="gpuscope",
+        description="Profile and diagnose llama.cpp/ggml inference from engine hooks.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except errors.GpuscopeError as exc:
+        print(f"gpuscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpuscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The Python reader against the real C writer: concurrent producers, killed and aborting writers."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gpuscope.ring.native import ring_tool
+from gpuscope.ring.reader import RingReader
+
+CHECKSUM = np.uint64(0x9E3779B97F4A7C15)
+
+
+def start_producer(path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(ring_tool("gpuscope-ring-producer")), "--path", str(path), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_ring(path, timeout: float = 10.0) -> RingReader:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return RingReader(path)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def check_marks(marks: pd.DataFrame, threads: int) -> None:
+    """Producer records are whole (checksum), unique, and in each thread's own order."""
+    values = marks["value"].to_numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        assert (marks["value2"].to_numpy().astype(np.uint64) == values * CHECKSUM).all(), "torn record"
+    assert np.unique(values).size == values.size, "a record was read twice"
+    thread = values >> np.uint64(40)
+    assert set(np.unique(thread)) <= set(range(threads))
+    for t in range(threads):
+        counters = values[thread == t] & np.uint64((1 << 40) - 1)
+        assert (np.diff(counters.astype(np.int64)) > 0).all()
+    names = marks["name"].astype(str)
+    assert (names == "producer-" + pd.Series(thread.astype(np.int64)).astype(str).to_numpy()).all()
+
+
+def test_four_producers_live_drain_accounts_for_every_record(tmp_path):
+    path = tmp_path / "live.ring"
+    threads, per_thread, capacity = 4, 400_000, 1 << 14
+    producer = start_producer(path, "--threads", str(threads), "--events", str(per_thread),
+                              "--capacity", str(capacity))
+    reader = wait_for_ring(path)
+    batches = []
+    while producer.poll() is None:
+        batches.append(reader.drain())
+    batches.append(reader.drain())
+    out, err = producer.communicate()
+    assert producer.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    status = reader.status
+    marks = reader.decode(np.concatenate(batches))["mark"]
+    reader.close()
+
+    assert summary["written"] == threads * per_thread == status.written
+    assert status.state == "closed"
+    assert status.read + status.lost == status.written, status
+    assert status.read == len(marks) > 0
+    assert status.written > 100 * capacity  # wrapped many times over
+    check_marks(marks, threads)
+
+
+def test_late_reader_counts_overwritten_records_exactly(tmp_path):
+    path = tmp_path / "late.ring"
+    capacity = 1 << 12
+    producer = start_producer(path, "--threads", "2", "--events", "50000", "--capacity", str(capacity))
+    assert producer.wait(60) == 0
+    with RingReader(path) as reader:
+        marks = reader.read_all()["mark"]
+        status = reader.status
+    assert status.written == 100_000
+    assert status.read == len(marks) == capacity
+    assert status.lost == status.written - capacity
+    check_marks(marks, 2)
+    # the survivors are the newest records
+    assert marks["seq"].min() == status.written - capacity
+
+
+def test_sigkill_mid_stream_keeps_every_committed_record(tmp_path):
+    path = tmp_path / "killed.ring"
+    producer = start_producer(path, "--threads", "4", "--events", "10000000", "--capacity", str(1 << 22),
+                              "--pace-ns", "2000")
+    reader = wait_for_ring(path)
+    while reader.status.written < 20_000:
+        time.sleep(0.01)
+    producer.send_signal(signal.SIGKILL)
+    producer.wait()
+    status = reader.status
+    marks = reader.read_all()["mark"]
+    status = reader.status
+    reader.close()
+    assert status.state == "exited"
+    assert status.read + status.lost == status.written
+    assert status.lost <= 4  # at most one record in flight per producer thread
+    check_marks(marks, 4)
+
+
+def test_sigkill_after_quiet_writer_loses_nothing(tmp_path):
+    path = tmp_path / "hung.ring"
+    producer = start_producer(path, "--threads", "2", "--events", "100000", "--hang-after", "5000",
+                              "--capacity", str(1 << 16))
+    line = producer.stdout.readline()
+    assert line.startswith("READY"), line
+    producer.send_signal(signal.SIGKILL)
+    producer.wait()
+    with RingReader(path) as reader:
+        marks = reader.read_all()["mark"]
+        status = reader.status
+    assert status.state == "exited"
+    assert status.written == status.read == len(marks) == 10_000
+    assert status.lost == 0
+    check_marks(marks, 2)
+
+
+def test_abort_marks_ring_crashed_and_keeps_records(tmp_path):
+    path = tmp_path / "aborted.ring"
+    producer = start_producer(path, "--threads", "4", "--events", "1000000", "--abort-after", "30000",
+                              "--capacity", str(1 << 22))
+    producer.communicate()
+    assert producer.returncode == -signal.SIGABRT
+    with RingReader(path) as reader:
+        marks = reader.read_all()["mark"]
+        status = reader.status
+    assert status.state == "crashed"
+    assert status.crash_signal == signal.SIGABRT
+    assert status.read + status.lost == status.written
+    assert status.lost <= 4
+    assert (marks["value"].to_numpy() >> 40 == 0).sum() == 30_000  # thread 0 wrote exactly K before abort()
+    check_marks(marks, 4)
+
+
+def test_live_status_while_writer_runs(tmp_path):
+    path = tmp_path / "alive.ring"
+    producer = start_producer(path, "--threads", "1", "--events", "1000", "--hang-after", "1000")
+    assert producer.stdout.readline().startswith("READY")
+    try:
+        with RingReader(path) as reader:
+            assert reader.status.state == "alive"
+            assert reader.status.pid == producer.pid
+            assert len(reader.drain()) == 1000
+            assert len(reader.drain()) == 0  # nothing twice
+    finally:
+        producer.kill()
+        producer.wait()
+
+
+@pytest.mark.parametrize("bad", [b"", b"hello, not a ring\n" * 10, b"\0" * 4096, b"\xff" * 8192])
+def test_non_ring_files_raise_clear_errors(tmp_path, bad):
+    from gpuscope.errors import NotARingError, RingError
+
+    path = tmp_path / "bad.ring"
+    path.write_bytes(bad)
+    with pytest.raises(RingError) as info:
+        RingReader(path)
+    assert str(path) in str(info.value)
+    if len(bad) < 4096:
+        assert isinstance(info.value, NotARingError)
+
+
+def test_missing_file(tmp_path):
+    from gpuscope.errors import NotARingError
+
+    with pytest.raises(NotARingError, match="no such ring"):
+        RingReader(tmp_path / "nope.ring")
