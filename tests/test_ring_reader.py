@@ -49,7 +49,7 @@ def check_marks(marks: pd.DataFrame, threads: int) -> None:
 
 def test_four_producers_live_drain_accounts_for_every_record(tmp_path):
     path = tmp_path / "live.ring"
-    threads, per_thread, capacity = 4, 400_000, 1 << 14
+    threads, per_thread, capacity = 4, 400_000, 1 << 12
     producer = start_producer(path, "--threads", str(threads), "--events", str(per_thread),
                               "--capacity", str(capacity))
     reader = wait_for_ring(path)
@@ -156,7 +156,8 @@ def test_live_status_while_writer_runs(tmp_path):
         producer.wait()
 
 
-@pytest.mark.parametrize("bad", [b"", b"hello, not a ring\n" * 10, b"\0" * 4096, b"\xff" * 8192])
+@pytest.mark.parametrize("bad", [b"", b"hello, not a ring\n" * 10, b"\0" * 4096, b"\xff" * 8192],
+                         ids=["empty", "text", "zeros", "ones"])
 def test_non_ring_files_raise_clear_errors(tmp_path, bad):
     from gpuscope.errors import NotARingError, RingError
 

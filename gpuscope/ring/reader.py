@@ -73,7 +73,9 @@ class RingReader:
                 raise NotARingError(
                     f"{self.path}: {size} bytes is too short for a gpuscope ring header "
                     f"({self.schema.constants['GPUSCOPE_HEADER_SIZE']} bytes): not a ring, or truncated")
-            self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            # populate: the reader will touch every page of the ring anyway; fault them in once, up front
+            self._map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                  prot=mmap.PROT_READ)
         finally:
             os.close(fd)
         self._header_dtype = self.schema.structs["gpuscope_ring_header"].dtype()
@@ -82,9 +84,11 @@ class RingReader:
         except Exception:
             self._map.close()
             raise
-        self._records = np.frombuffer(self._map, self.schema.record_dtype, self.header.capacity,
-                                      self.header.records_offset)
-        self._seqs = self._records["seq"]
+        # Records are copied as opaque 64-byte items (a plain memcpy) and typed only when decoded.
+        self._opaque = np.dtype((np.void, self.schema.record_size))
+        self._records = np.frombuffer(self._map, self._opaque, self.header.capacity, self.header.records_offset)
+        self._seqs = np.frombuffer(self._map, np.uint64, self.header.capacity * self.schema.record_size // 8,
+                                   self.header.records_offset)[:: self.schema.record_size // 8]
         self._strings = np.frombuffer(self._map, np.uint8, self.header.strings_capacity,
                                       self.header.strings_offset)
         self._string_cache: dict[int, str] = {0: ""}
@@ -96,7 +100,8 @@ class RingReader:
     # -- header -----------------------------------------------------------------------------------------------
 
     def _live_header(self) -> np.void:
-        return np.frombuffer(self._map, self._header_dtype, 1, 0)[0]
+        """A snapshot of the header (a copy: no view into the map outlives the call)."""
+        return np.frombuffer(self._map, self._header_dtype, 1, 0).copy()[0]
 
     def _validate(self, file_size: int) -> RingHeader:
         c = self.schema.constants
@@ -173,30 +178,32 @@ class RingReader:
             self._next_ticket = cursor - capacity
         if max_records is not None:
             cursor = min(cursor, self._next_ticket + max_records)
-        taken: list[np.ndarray] = []
+        out = np.empty(cursor - self._next_ticket, self._opaque)
+        filled = 0
         while self._next_ticket < cursor:
             first = self._next_ticket
             slot = first & (capacity - 1)
             count = min(cursor - first, capacity - slot, _CHUNK)
-            records, n_done = self._copy_committed(first, slot, count, writer_done)
-            if records.size:
-                taken.append(records)
+            kept, n_done = self._copy_committed(first, slot, count, writer_done, out[filled:filled + count])
+            filled += kept
             self._next_ticket += n_done
             if n_done < count:  # a producer has not committed its record yet: resume there next time
                 break
-        out = np.concatenate(taken) if len(taken) > 1 else (taken[0] if taken else
-                                                               np.empty(0, self.schema.record_dtype))
-        self.read += out.size
-        return out
+        self.read += filled
+        return out[:filled].view(self.schema.record_dtype)
 
-    def _copy_committed(self, first: int, slot: int, count: int, writer_done: bool) -> tuple[np.ndarray, int]:
+    def _copy_committed(self, first: int, slot: int, count: int, writer_done: bool,
+                        dest: np.ndarray) -> tuple[int, int]:
+        """Copy `count` slots into `dest`, keep the committed ones at its front: (records kept, tickets done)."""
         busy = np.uint64(self.schema.constants["GPUSCOPE_SEQ_BUSY"])
         window = slice(slot, slot + count)
         seq_before = self._seqs[window].copy()
-        records = self._records[window].copy()
+        dest[:] = self._records[window]
         seq_after = self._seqs[window].copy()
         expected = np.arange(first + 1, first + count + 1, dtype=np.uint64)
         committed = (seq_before == expected) & (seq_after == expected)
+        if committed.all():
+            return count, count
         overwritten = ((seq_before & ~busy) > expected) | ((seq_after & ~busy) > expected)
         unfinished = ~committed & ~overwritten
         if writer_done:  # nobody will ever finish these
@@ -206,7 +213,9 @@ class RingReader:
             stops = np.flatnonzero(unfinished)
             n_done = int(stops[0]) if stops.size else count
         self.lost += int(np.count_nonzero(overwritten[:n_done]))
-        return records[:n_done][committed[:n_done]], n_done
+        kept = dest[:n_done][committed[:n_done]]
+        dest[:kept.size] = kept
+        return kept.size, n_done
 
     # -- decoding -----------------------------------------------------------------------------------------------
 
@@ -235,13 +244,14 @@ class RingReader:
         devices = self.device_names()
         tables: dict[str, pd.DataFrame] = {}
         kinds = records["kind"]
+        opaque = records.view(self._opaque)  # selecting opaque items is a memcpy, structured ones are not
         for kind_id in np.unique(kinds):
             kind_name = self.schema.kinds.get(int(kind_id))
             if kind_name is None:  # a newer writer's kind: counted, never guessed at
                 self.unknown_kinds[int(kind_id)] = self.unknown_kinds.get(int(kind_id), 0) + int(
                     np.count_nonzero(kinds == kind_id))
                 continue
-            rows = records[kinds == kind_id].view(self.schema.kind_record_dtype(kind_name))
+            rows = opaque[kinds == kind_id].view(self.schema.kind_record_dtype(kind_name))
             tables[kind_name] = self._frame(kind_name, rows, devices)
         return tables
 
@@ -285,7 +295,7 @@ class RingReader:
 
 def _categorical(codes: np.ndarray, resolve) -> pd.Categorical:
     """Resolve a column of small-cardinality ids through `resolve` once per distinct id."""
-    unique, inverse = np.unique(codes, return_inverse=True)
+    inverse, unique = pd.factorize(codes)
     labels = [resolve(int(u)) for u in unique]
     categories = pd.unique(pd.Series([label for label in labels if label is not None], dtype=object))
     position = {label: i for i, label in enumerate(categories)}

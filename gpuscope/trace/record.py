@@ -120,8 +120,11 @@ class RingCollector:
 
 
 def record(command: list[str], out: str | os.PathLike, *, capacity: int | None = None,
-           keep_ring: bool = False, env: dict | None = None, quiet: bool = False) -> Trace:
-    """Run `command` with a fresh ring, drain it live, and write the trace to `out`."""
+           keep_ring: bool = False, env: dict | None = None, quiet: bool = False, stdout=None) -> Trace:
+    """Run `command` with a fresh ring, drain it live, and write the trace to `out`.
+
+    `stdout` is passed to the program's Popen (None: inherit); the trace's meta keeps what it printed when it is
+    subprocess.PIPE."""
     if not command:
         raise GpuscopeError("nothing to record: give a program after `--`")
     program = resolve_program(command[0])
@@ -138,7 +141,8 @@ def record(command: list[str], out: str | os.PathLike, *, capacity: int | None =
     if not quiet:
         print(f"gpuscope record: {shlex.join(command)}", file=sys.stderr)
     try:
-        process = subprocess.Popen([str(program), *command[1:]], env=child_env)
+        process = subprocess.Popen([str(program), *command[1:]], env=child_env, stdout=stdout, text=True)
+        output = _PipeReader(process.stdout)
         try:
             while process.poll() is None:
                 collector.poll()
@@ -162,11 +166,31 @@ def record(command: list[str], out: str | os.PathLike, *, capacity: int | None =
         "ring": ring_meta,
         "engine": _engine_meta(program),
     }
+    if stdout == subprocess.PIPE:
+        meta["stdout"] = output.text()
     trace = Trace(meta=meta, tables=tables)
     save_trace(trace, out)
     if not quiet:
         _summarize(trace)
     return trace
+
+
+class _PipeReader:
+    """Reads a child's piped output in a thread so the child never blocks on a full pipe."""
+
+    def __init__(self, stream):
+        import threading
+
+        self._chunks: list[str] = []
+        self._thread = None
+        if stream is not None:
+            self._thread = threading.Thread(target=lambda: self._chunks.extend(stream), daemon=True)
+            self._thread.start()
+
+    def text(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+        return "".join(self._chunks)
 
 
 def _engine_meta(program: Path) -> dict:
