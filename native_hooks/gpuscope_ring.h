@@ -92,13 +92,17 @@ void gpuscope_emit_slow(uint16_t kind, int16_t device, const void * payload, siz
  * event, so that the first emit checks $GPUSCOPE_RING once. */
 extern void * volatile gpuscope_active;
 
+/* A relaxed atomic load is the same single mov as the volatile read, but it
+ * does not race with open/close under the C11/C++11 memory model (TSan). */
 #if defined(__GNUC__)
 #  define GPUSCOPE_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#  define GPUSCOPE_ACTIVE()    __atomic_load_n(&gpuscope_active, __ATOMIC_RELAXED)
 #else
 #  define GPUSCOPE_UNLIKELY(x) (x)
+#  define GPUSCOPE_ACTIVE()    gpuscope_active
 #endif
 
-#define GPUSCOPE_ENABLED() GPUSCOPE_UNLIKELY(gpuscope_active != NULL)
+#define GPUSCOPE_ENABLED() GPUSCOPE_UNLIKELY(GPUSCOPE_ACTIVE() != NULL)
 
 /* GPUSCOPE_EMIT(KIND_SUFFIX, device, payload_struct_lvalue) */
 #define GPUSCOPE_EMIT(kind, device, ev) \
