@@ -43,3 +43,51 @@ class ModelShapeError(ModelError):
 
 class QuantizeError(ModelError):
     """llama-quantize is missing or failed."""
+
+
+class EngineError(GpuscopeError):
+    """The patched engine (its source, hook patches or builds) has a problem."""
+
+
+class EngineSourceError(EngineError):
+    """The pinned engine source cannot be fetched, verified or extracted."""
+
+
+class PatchError(EngineError):
+    """A hook patch series or a user patch cannot be applied to an engine tree."""
+
+
+class EngineBuildError(EngineError):
+    """Configuring or compiling an engine build failed."""
+
+
+class EngineNotFoundError(EngineError):
+    """No engine build (or program in it) matches what was asked for."""
+
+
+class SessionError(GpuscopeError):
+    """An in-process engine session could not do what was asked."""
+
+
+class SplitConfigError(SessionError):
+    """A split configuration is invalid, or does not fit the devices or the model it is used with."""
+
+
+class BindingMismatchError(SessionError):
+    """The build's C API (llama.h structs) differs from what the Python bindings expect."""
+
+
+class EngineConflictError(SessionError):
+    """This process already loaded another libllama (a process can hold one)."""
+
+
+class RpcServerError(SessionError):
+    """A local ggml-rpc-server did not start or does not answer."""
+
+
+class DecodeError(SessionError):
+    """llama_decode refused a batch."""
+
+
+class EngineCrashedError(SessionError):
+    """The engine's worker process died; its trace up to the crash is still readable."""

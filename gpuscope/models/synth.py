@@ -23,7 +23,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from gpuscope.errors import ModelShapeError, QuantizeError
+from gpuscope.engine.build import find_program
+from gpuscope.errors import EngineNotFoundError, ModelShapeError, QuantizeError
 from gpuscope.models.store import atomic_output, models_dir, progress
 
 # Bump when the bytes written for a given shape and seed change, so that cached files are regenerated.
@@ -103,27 +104,28 @@ class ModelShape:
         """Every tensor the engine's llama loader requires, in file order."""
         q_width = self.n_head * self.head_dim
         kv_width = self.n_head_kv * self.head_dim
-        names = gguf.TENSOR_NAMES
         T = gguf.MODEL_TENSOR
-        specs = [TensorSpec(names[T.TOKEN_EMBD], (self.n_vocab, self.n_embd), np.float16)]
-        for layer in range(self.n_layer):
-            def spec(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], dtype: type[np.floating] = np.float16):
-                return TensorSpec(names[kind].format(bid=layer), shape, dtype)
 
+        def weight(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], layer: int | None = None,
+                   dtype: type[np.floating] = np.float16) -> TensorSpec:
+            return TensorSpec(gguf.TENSOR_NAMES[kind].format(bid=layer) + ".weight", shape, dtype)
+
+        specs = [weight(T.TOKEN_EMBD, (self.n_vocab, self.n_embd))]
+        for layer in range(self.n_layer):
             specs += [
-                spec(T.ATTN_NORM, (self.n_embd,), np.float32),
-                spec(T.ATTN_Q, (q_width, self.n_embd)),
-                spec(T.ATTN_K, (kv_width, self.n_embd)),
-                spec(T.ATTN_V, (kv_width, self.n_embd)),
-                spec(T.ATTN_OUT, (self.n_embd, q_width)),
-                spec(T.FFN_NORM, (self.n_embd,), np.float32),
-                spec(T.FFN_GATE, (self.n_ff, self.n_embd)),
-                spec(T.FFN_UP, (self.n_ff, self.n_embd)),
-                spec(T.FFN_DOWN, (self.n_embd, self.n_ff)),
+                weight(T.ATTN_NORM, (self.n_embd,), layer, np.float32),
+                weight(T.ATTN_Q, (q_width, self.n_embd), layer),
+                weight(T.ATTN_K, (kv_width, self.n_embd), layer),
+                weight(T.ATTN_V, (kv_width, self.n_embd), layer),
+                weight(T.ATTN_OUT, (self.n_embd, q_width), layer),
+                weight(T.FFN_NORM, (self.n_embd,), layer, np.float32),
+                weight(T.FFN_GATE, (self.n_ff, self.n_embd), layer),
+                weight(T.FFN_UP, (self.n_ff, self.n_embd), layer),
+                weight(T.FFN_DOWN, (self.n_embd, self.n_ff), layer),
             ]
-        specs.append(TensorSpec(names[T.OUTPUT_NORM], (self.n_embd,), np.float32))
+        specs.append(weight(T.OUTPUT_NORM, (self.n_embd,), dtype=np.float32))
         if not self.tie_embeddings:
-            specs.append(TensorSpec(names[T.OUTPUT], (self.n_vocab, self.n_embd), np.float16))
+            specs.append(weight(T.OUTPUT, (self.n_vocab, self.n_embd)))
         return specs
 
     @property
@@ -139,7 +141,7 @@ class ModelShape:
 PRESETS: dict[str, ModelShape] = {
     # Decodes in milliseconds on a CPU; 8 MB in F16. Every matrix width is a multiple of 256 so Q4_K applies.
     "tiny": ModelShape(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, n_ff=768, n_vocab=2048, n_ctx_train=2048),
-    # Llama 3.2 1B.
+    # Llama 3.2 1B (without its RoPE frequency scaling, which does not change the cost of a step).
     "1b": ModelShape(n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, n_ff=8192, n_vocab=128256,
                      n_ctx_train=131072, rope_freq_base=500000.0, tie_embeddings=True),
     # Mistral-7B-like 8B: 14.48 GB in F16, the shape of the field notes' H100 baseline.
@@ -157,22 +159,21 @@ def parse_shape(spec: str) -> ModelShape:
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items:
         raise ModelShapeError("empty shape: give a preset name or key=value,...")
-    base: dict[str, object] = {}
+    fields: dict[str, object] = {}
     if "=" not in items[0]:
-        preset = items.pop(0)
-        if preset not in PRESETS:
+        name = items.pop(0)
+        if name not in PRESETS:
             raise ModelShapeError(
-                f"unknown shape {preset!r}: use a preset ({', '.join(PRESETS)}) or key=value,... "
+                f"unknown shape {name!r}: use a preset ({', '.join(PRESETS)}) or key=value,... "
                 f"with keys {', '.join(_field_types())}"
             )
-        base = dataclasses.asdict(PRESETS[preset])
-        if any(item for item in items if "=" in item):
-            base["head_dim"] = None  # recomputed from the overrides unless given
-    overrides = _parse_overrides(items)
-    fields = base | overrides
-    if base and "head_dim" not in overrides and PRESETS[preset].head_dim != PRESETS[preset].n_embd // PRESETS[preset].n_head:
-        fields["head_dim"] = PRESETS[preset].head_dim  # a preset's explicit head_dim survives overrides
-    missing = [name for name, field in _required_fields().items() if name not in fields]
+        preset = PRESETS[name]
+        fields = dataclasses.asdict(preset)
+        if preset.head_dim == preset.n_embd // preset.n_head:
+            fields["head_dim"] = None  # derived, so derived again from overridden n_embd / n_head
+    fields |= _parse_overrides(items)
+    missing = [field.name for field in dataclasses.fields(ModelShape)
+               if field.default is dataclasses.MISSING and field.name not in fields]
     if missing:
         raise ModelShapeError(f"shape {spec!r} lacks {', '.join(missing)}")
     return ModelShape(**fields)
@@ -181,10 +182,6 @@ def parse_shape(spec: str) -> ModelShape:
 def _field_types() -> dict[str, type]:
     hints = {"int": int, "int | None": int, "float": float, "bool": bool}
     return {field.name: hints[field.type] for field in dataclasses.fields(ModelShape)}
-
-
-def _required_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(ModelShape) if f.default is dataclasses.MISSING}
 
 
 def _parse_overrides(items: list[str]) -> dict[str, object]:
@@ -236,9 +233,9 @@ def synth_model(shape: ModelShape | str, type: str = "f16", out: str | os.PathLi
                 quantize: str | os.PathLike | None = None) -> Path:
     """A random-weight llama model of `shape` (a ModelShape, or a spec for `parse_shape`) in `type`.
 
-    Without `out` the file is cached by shape, type and seed and reused. Quantized types need `quantize`, the path
-    of a `llama-quantize` program; the F16 source is taken from the cache if there, else written to a temporary
-    file that is deleted afterwards.
+    Without `out` the file is cached by shape, type and seed and reused. Quantized types run `quantize`, the path
+    of a `llama-quantize` program (default: the most recent hooked CPU engine build's); the F16 source is taken from the
+    cache if there, else written to a temporary file that is deleted afterwards.
     """
     if isinstance(shape, str):
         shape = parse_shape(shape)
@@ -247,11 +244,12 @@ def synth_model(shape: ModelShape | str, type: str = "f16", out: str | os.PathLi
     target = Path(out) if out is not None else cache_path(shape, type, seed)
     if out is None and target.is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     quantize_type = MODEL_TYPES[type]
     if quantize_type is None:
         write_f16(shape, seed, target)
         return target
-    program = _check_quantize_program(quantize)
+    program = _quantize_program(quantize)
     cached_f16 = cache_path(shape, "f16", seed)
     if cached_f16.is_file():
         run_quantize(program, cached_f16, target, quantize_type)
@@ -282,14 +280,15 @@ def write_f16(shape: ModelShape, seed: int, target: Path) -> None:
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             written = 0
-            next_report = 0.1
+            reported_tenths = 0
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 for index, spec in enumerate(specs):
                     writer.write_tensor_data(_tensor_values(spec, seed, index, pool))
                     written += spec.nbytes
-                    if report and written / total_bytes >= next_report:
+                    tenths = written * 10 // total_bytes
+                    if report and tenths > reported_tenths:
                         progress(f"  {written / total_bytes:4.0%} written, {time.monotonic() - started:.0f} s")
-                        next_report += 0.1
+                        reported_tenths = tenths
         finally:
             writer.close()
 
@@ -368,9 +367,14 @@ def run_quantize(program: Path, source: Path, target: Path, quantize_type: str) 
             raise QuantizeError(f"{program} failed with exit status {process.returncode}:\n" + "\n".join(tail))
 
 
-def _check_quantize_program(quantize: str | os.PathLike | None) -> Path:
+def _quantize_program(quantize: str | os.PathLike | None) -> Path:
+    """The given llama-quantize, or the one of the most recent hooked CPU engine build."""
     if quantize is None:
-        raise QuantizeError("quantized types need a llama-quantize program: pass its path (quantize=PATH)")
+        try:
+            return find_program("llama-quantize")
+        except EngineNotFoundError as exc:
+            raise QuantizeError(f"quantized types need llama-quantize: {exc}; or pass the path of one "
+                                f"(--quantize PATH on the command line, quantize=PATH in Python)") from None
     program = Path(quantize)
     if not (program.is_file() and os.access(program, os.X_OK)):
         raise QuantizeError(f"{program} is not an executable llama-quantize program")
