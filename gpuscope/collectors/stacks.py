@@ -1,0 +1,446 @@
+"""Native CPU stacks of the engine's process, sampled by py-spy (`py-spy record --native`), for a workload's span.
+
+py-spy samples the Python threads of a process (the engine runs on them: llama_decode is called from Python, and
+ggml's CPU backend computes on the calling thread too; worker threads that never ran Python are not sampled). Its
+Chrome-trace output (`--format chrometrace`) gives, per thread, the stack between consecutive samples with times
+relative to when py-spy started. Those times are put on the trace clock (CLOCK_MONOTONIC) with marker spans: the
+target runs a uniquely named busy function between two `time.monotonic_ns()` reads before and after the workload;
+the samples that fall in and around it bound the offset (residual error: about one sampling interval).
+
+Tables (docs/trace-format.md, "Collector tables"):
+  cpu_stacks  one row per span of constant stack on a thread: ts_ns, duration_ns, thread, stack (root;...;leaf),
+              leaf, samples (py-spy samples in the span, an estimate from the median interval), category and
+              function (attribution below), in_step
+  folded(...)  folded stacks: stack, samples, time_ns, first_ns, last_ns
+
+Attribution: the frame nearest the leaf that names a known ggml / llama.cpp function decides: cpu_kernel (ggml
+CPU ops and their kernels), wait (barriers, synchronizations, sleeping or blocking in the C library), graph_build,
+sched_split (the scheduler splitting the graph), alloc_reserve (graph allocator and scheduler reserve), then
+engine_other (inside llama_decode, none of those) and outside_engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from gpuscope.errors import AttachPermissionError, CollectorError, CollectorUnavailableError, TargetExitedError
+
+MARKER_FUNCTION = "_gpuscope_stack_marker"
+MARKER_SECONDS = 0.15
+CATEGORIES = ("cpu_kernel", "wait", "graph_build", "sched_split", "alloc_reserve", "engine_other", "outside_engine")
+STACK_COLUMNS = ["ts_ns", "duration_ns", "thread", "stack", "leaf", "samples", "category", "function"]
+
+# (category, pattern on one frame's name); checked from the leaf towards the root, first match wins
+_ATTRIBUTION = [
+    ("wait", r"^ggml_barrier|^ggml_graph_compute_thread_sync|synchronize|^ggml_backend_event_wait"
+             r"|^(__)?(futex|pthread_cond_(timed)?wait|sched_yield|nanosleep|clock_nanosleep|__GI___poll|poll"
+             r"|epoll_wait|select|recv|__libc_recv|read|__libc_read|usleep|sleep)\b"),
+    ("cpu_kernel", r"^ggml_compute_forward|^ggml_vec_|^ggml_gemv|^ggml_gemm|^ggml_cpu_|^llamafile_sgemm|tinyBLAS"
+                   r"|^dequantize_row|^quantize_row|^ggml_fp16_to_fp32_row|^ggml_fp32_to_fp16_row|^ggml_v_expf"
+                   r"|^ggml_graph_compute_thread|^ggml_compute_"),
+    ("graph_build", r"build_graph|build_arch_graph|^llm_graph_|^llm_build_|graph_build|^ggml_new_tensor"
+                    r"|^ggml_format_name|graph_get_cb|^ggml_build_forward|^ggml_visit_parents"),
+    ("sched_split", r"^ggml_backend_sched_split_graph|^ggml_backend_sched_backend_id|^ggml_backend_sched_set_if"),
+    ("alloc_reserve", r"^ggml_gallocr|^ggml_backend_sched_reserve|^ggml_backend_sched_alloc_graph|^ggml_dyn_tallocr"
+                      r"|^ggml_backend_buffer_init|^ggml_backend_alloc"),
+]
+_COMPILED = [(category, re.compile(pattern)) for category, pattern in _ATTRIBUTION]
+_ENGINE = re.compile(r"^llama_|^ggml_|^llama_context::|^llm_")
+
+
+# -- where py-spy is, and letting it attach ----------------------------------------------------------------------
+
+def py_spy_command(py_spy: str | list[str] | None = None) -> list[str]:
+    """The py-spy command: given (a path, or a command list such as ['sudo', '-n', 'py-spy']), installed beside
+    this Python, or on PATH."""
+    if isinstance(py_spy, list):
+        return py_spy
+    if py_spy:
+        return [py_spy]
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.is_file() else shutil.which("py-spy")
+    if found is None:
+        raise CollectorUnavailableError("py-spy is not installed: pip install py-spy (it ships the binary)")
+    return [found]
+
+
+def allow_any_tracer() -> bool:
+    """Let any process of this user ptrace this one (Yama's PR_SET_PTRACER): with kernel.yama.ptrace_scope=1 a
+    process cannot trace its parent or a sibling, which py-spy would need for the notebook's own process or a
+    session worker. True when the setting applied, False where there is no Yama."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_ptracer, pr_set_ptracer_any = 0x59616D61, ctypes.c_ulong(-1).value
+    return libc.prctl(pr_set_ptracer, ctypes.c_ulong(pr_set_ptracer_any), 0, 0, 0) == 0
+
+
+def _gpuscope_stack_marker(seconds: float = MARKER_SECONDS) -> tuple[int, int]:
+    """Busy for `seconds` in a function py-spy will name; returns the monotonic (before, after) reads."""
+    before = time.monotonic_ns()
+    end = before + int(seconds * 1e9)
+    while time.monotonic_ns() < end:
+        pass
+    return before, time.monotonic_ns()
+
+
+def stack_marker(_session=None, seconds: float = MARKER_SECONDS) -> tuple[int, int]:
+    """The marker, callable as session.run(stack_marker) to run inside a session's worker."""
+    return _gpuscope_stack_marker(seconds)
+
+
+def _tracer_of(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    found = re.search(r"^TracerPid:\s*(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+# -- the sampler -------------------------------------------------------------------------------------------------
+
+class StackSampler:
+    """Context manager: py-spy samples process `pid` (default: this one) for the span of the block.
+
+    marker: a function that runs the marker in the target and returns its (before, after) monotonic reads
+    (default: `_gpuscope_stack_marker` here, right for pid == this process; for a session's worker pass
+    `lambda: session.run(stack_marker)`). After the block: `.stacks` (the cpu_stacks table) and `.meta`."""
+
+    def __init__(self, pid: int | None = None, *, rate: int = 100, marker: Callable[[], tuple[int, int]] | None = None,
+                 py_spy: str | list[str] | None = None, attach_timeout: float = 30.0):
+        self.pid = pid or os.getpid()
+        self.rate = rate
+        self.marker = marker or _gpuscope_stack_marker
+        self.command = py_spy_command(py_spy)
+        self.attach_timeout = attach_timeout
+        self.stacks = pd.DataFrame(columns=STACK_COLUMNS)
+        self.meta: dict = {}
+        self._brackets: list[tuple[int, int]] = []
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "StackSampler":
+        if _tracer_of(self.pid) < 0:
+            raise TargetExitedError(f"process {self.pid} does not exist (it exited before sampling began)")
+        self._folder = tempfile.TemporaryDirectory(prefix="gpuscope-pyspy-")
+        self._output = Path(self._folder.name) / "stacks.json"
+        self._log = open(Path(self._folder.name) / "py-spy.log", "w+")
+        if self.pid == os.getpid():
+            allow_any_tracer()
+        argv = [*self.command, "record", "--native", "--pid", str(self.pid), "--format", "chrometrace",
+                "--output", str(self._output), "--rate", str(self.rate)]
+        try:
+            self._process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        except OSError as exc:
+            self._log.close()
+            self._folder.cleanup()
+            raise CollectorUnavailableError(f"cannot run py-spy ({' '.join(self.command)}): {exc}; install it with "
+                                            "pip install py-spy") from None
+        self._wait_for_first_sample()
+        self._brackets += [self.marker()]
+        self.meta["workload_from_ns"] = time.monotonic_ns()
+        return self
+
+    def _wait_for_first_sample(self) -> None:
+        """py-spy reads the target's symbols before its first sample (close to a second here). Each sample pauses
+        the target through ptrace, which shows as its TracerPid; py-spy may also attach once while it starts, so
+        sampling counts as begun after a few separate attachments."""
+        deadline = time.monotonic() + self.attach_timeout
+        attachments, traced = 0, False
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._fail()
+            tracer = _tracer_of(self.pid)
+            if tracer < 0:
+                self._stop()
+                raise TargetExitedError(f"process {self.pid} exited before py-spy took its first sample")
+            if tracer > 0 and not traced:
+                attachments += 1
+                if attachments >= 3:
+                    return
+            traced = tracer > 0
+            time.sleep(0.0005)
+        self._stop()
+        raise CollectorError(f"py-spy took no sample of process {self.pid} within {self.attach_timeout:.0f} s:\n"
+                             f"{self._log_text()}")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.meta["workload_to_ns"] = time.monotonic_ns()
+            target_alive = _tracer_of(self.pid) >= 0
+            if target_alive and exc[0] is None:
+                self._brackets += [self.marker()]
+            self._stop()
+            if exc[0] is not None:
+                return
+            if not self._output.is_file():
+                self._fail()
+            events = json.loads(self._output.read_text() or "[]")
+            try:
+                self.stacks, clock = chrometrace_stacks(events, self._brackets)
+            except CollectorError as exc:
+                if target_alive:
+                    raise
+                raise TargetExitedError(f"process {self.pid} exited while py-spy sampled it, and what was sampled "
+                                        f"cannot be placed on the trace clock: {exc}") from None
+            self.meta.update({"collector": "py-spy", "rate": self.rate, "pid": self.pid, "clock": clock,
+                              "target_exited": not target_alive, "threads": int(self.stacks["thread"].nunique()),
+                              "py_spy": self._log_text()[-400:]})
+        finally:
+            self._log.close()
+            self._folder.cleanup()
+
+    def _stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def _log_text(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+    def _fail(self):
+        text = self._log_text()
+        if "Permission Denied" in text or "Operation not permitted" in text or "EPERM" in text:
+            raise AttachPermissionError(
+                f"py-spy may not attach to process {self.pid} (ptrace permission denied). Run as the same user "
+                "with ptrace allowed (kernel.yama.ptrace_scope=0, or CAP_SYS_PTRACE in containers: docker run "
+                "--cap-add SYS_PTRACE), or give py_spy=['sudo', '-n', 'py-spy'].\npy-spy said: "
+                f"{text.strip()[-400:]}")
+        if "Failed to get process executable name" in text or "No such process" in text or \
+                "process exited" in text.lower():
+            raise TargetExitedError(f"process {self.pid} exited before py-spy could sample it:\n{text.strip()[-400:]}")
+        raise CollectorError(f"py-spy failed (exit {self._process.returncode}):\n{text.strip()[-800:]}")
+
+
+# -- reading py-spy's chrometrace --------------------------------------------------------------------------------
+
+def stack_spans(events: list[dict]) -> pd.DataFrame:
+    """Spans of constant stack per thread from py-spy's Chrome trace (B/E events, ts in microseconds since py-spy
+    started): rel_start_us, rel_end_us, thread, stack (root;...;leaf)."""
+    by_thread: dict = {}
+    for event in events:
+        if event.get("ph") in ("B", "E"):
+            by_thread.setdefault(event.get("tid"), []).append(event)
+    rows = []
+    for thread, items in by_thread.items():
+        stack: list[str] = []
+        since = None
+        for event in items:  # py-spy writes each thread's events in time order
+            ts = float(event["ts"])
+            if since is not None and ts > since and stack:
+                rows.append((since, ts, thread, ";".join(stack)))
+            if event["ph"] == "B":
+                stack.append(str(event.get("name", "?")))
+            elif stack:
+                stack.pop()
+            since = ts
+    return pd.DataFrame(rows, columns=["rel_start_us", "rel_end_us", "thread", "stack"])
+
+
+def marker_offset(spans: pd.DataFrame, brackets: list[tuple[int, int]]) -> dict:
+    """Monotonic time of py-spy's time zero, from the marker brackets: the first span inside a marker starts at a
+    sample taken inside [before, after], after the previous span began (a sample outside it); the first span after
+    it starts after `after`. Each marker bounds the origin; the bounds of all markers intersect."""
+    if not len(spans):
+        raise CollectorError("py-spy recorded no stack (the target was idle in native code py-spy cannot read, or "
+                             "exited)")
+    in_marker = spans["stack"].str.contains(MARKER_FUNCTION, regex=False).to_numpy()
+    starts = spans["rel_start_us"].to_numpy() * 1000.0
+    ends = spans["rel_end_us"].to_numpy() * 1000.0
+    # contiguous runs of marker spans, in time order, one per marker call
+    order = np.argsort(starts, kind="stable")
+    runs, current = [], []
+    for i in order:
+        if in_marker[i]:
+            current.append(i)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    if len(runs) < len(brackets):
+        raise CollectorError(f"py-spy caught {len(runs)} of the {len(brackets)} clock markers: sample faster (rate) "
+                             "or mark longer; the stacks cannot be placed on the trace clock")
+    lows, highs = [], []
+    for run, (before, after) in zip(runs[-len(brackets):] if len(runs) > len(brackets) else runs, brackets):
+        first_start, last_end = starts[run[0]], ends[run[-1]]
+        previous = starts[order[np.searchsorted(starts[order], first_start) - 1]] \
+            if np.searchsorted(starts[order], first_start) > 0 else -np.inf
+        lows.append(max(before - first_start, after - last_end))
+        highs.append(min(after - first_start, before - previous))
+    low, high = max(lows), min(highs)
+    consistent = low <= high
+    if consistent:
+        origin, residual = (low + high) / 2, (high - low) / 2
+    else:
+        middles = (np.array(lows) + np.array(highs)) / 2
+        origin = float(np.median(middles))
+        residual = float(max(np.abs(np.array(lows) - origin).max(), np.abs(np.array(highs) - origin).max()))
+    return {"origin_ns": int(origin), "residual_ns": int(residual), "markers": len(brackets),
+            "consistent": bool(consistent)}
+
+
+def attribute(stack: str) -> tuple[str, str]:
+    """(category, deciding function) of one folded stack (root;...;leaf)."""
+    frames = stack.split(";")
+    for frame in reversed(frames):
+        for category, rule in _COMPILED:
+            if rule.search(frame):
+                return category, frame
+    engine = next((frame for frame in reversed(frames) if _ENGINE.search(frame)), None)
+    if engine is not None:
+        return "engine_other", engine
+    return "outside_engine", frames[-1] if frames else ""
+
+
+def chrometrace_stacks(events: list[dict], brackets: list[tuple[int, int]]) -> tuple[pd.DataFrame, dict]:
+    """The cpu_stacks table on CLOCK_MONOTONIC (marker spans removed) and the clock alignment."""
+    spans = stack_spans(events)
+    clock = marker_offset(spans, brackets)
+    spans = spans[~spans["stack"].str.contains(MARKER_FUNCTION, regex=False)]
+    starts = np.rint(spans["rel_start_us"].to_numpy() * 1000.0 + clock["origin_ns"]).astype(np.int64)
+    durations = np.rint((spans["rel_end_us"] - spans["rel_start_us"]).to_numpy() * 1000.0).astype(np.int64)
+    sample_times = np.unique(np.concatenate([spans["rel_start_us"].to_numpy(), spans["rel_end_us"].to_numpy()]))
+    interval_ns = float(np.median(np.diff(sample_times)) * 1000.0) if len(sample_times) > 1 else 0.0
+    attributed = {stack: attribute(stack) for stack in spans["stack"].unique()}
+    stacks = pd.DataFrame({
+        "ts_ns": starts, "duration_ns": durations, "thread": spans["thread"].astype(str).to_numpy(),
+        "stack": spans["stack"].to_numpy(), "leaf": spans["stack"].str.rsplit(";", n=1).str[-1].to_numpy(),
+        "samples": np.maximum(1, np.rint(durations / interval_ns)).astype(np.int64) if interval_ns
+        else np.ones(len(spans), np.int64),
+        "category": [attributed[s][0] for s in spans["stack"]],
+        "function": [attributed[s][1] for s in spans["stack"]],
+    }).sort_values("ts_ns", ignore_index=True)
+    clock["median_sample_interval_ns"] = int(interval_ns)
+    return stacks, clock
+
+
+# -- pure views --------------------------------------------------------------------------------------------------
+
+def folded(stacks: pd.DataFrame) -> pd.DataFrame:
+    """Folded stacks: stack, samples, time_ns, first_ns, last_ns (what a flame graph draws), most time first."""
+    if not len(stacks):
+        return pd.DataFrame(columns=["stack", "samples", "time_ns", "first_ns", "last_ns"])
+    out = stacks.assign(end=stacks["ts_ns"] + stacks["duration_ns"]).groupby("stack").agg(
+        samples=("samples", "sum"), time_ns=("duration_ns", "sum"), first_ns=("ts_ns", "min"), last_ns=("end", "max"))
+    return out.reset_index().sort_values("time_ns", ascending=False, ignore_index=True)
+
+
+def time_per_step(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Per step and category: CPU time of the sampled threads inside the step window (spans clipped to it) and
+    its share of the window. Only meaningful where steps are long against the clock residual and the sampling
+    interval (meta['stacks']['clock'])."""
+    from gpuscope.collectors.kernel_table import step_windows
+
+    columns = ["step", "category", "time_ns", "share"]
+    windows = step_windows(steps)
+    if not len(stacks) or not len(windows):
+        return pd.DataFrame(columns=columns)
+    begins, ends = windows["begin_ns"].to_numpy(np.int64), windows["end_ns"].to_numpy(np.int64)
+    starts = stacks["ts_ns"].to_numpy(np.int64)
+    stops = starts + stacks["duration_ns"].to_numpy(np.int64)
+    rows = []
+    # a span can cover several short steps: walk the windows each span overlaps
+    first = np.searchsorted(ends, starts, side="left")
+    last = np.searchsorted(begins, stops, side="left")
+    categories = stacks["category"].to_numpy()
+    for i in range(len(stacks)):
+        for w in range(first[i], last[i]):
+            overlap = min(stops[i], ends[w]) - max(starts[i], begins[w])
+            if overlap > 0:
+                rows.append((int(windows["step"].iat[w]), categories[i], int(overlap)))
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame(rows, columns=["step", "category", "time_ns"]).groupby(["step", "category"]).sum()
+    out = out.reset_index()
+    out["share"] = out["time_ns"] / out["step"].map(windows.set_index("step").eval("end_ns - begin_ns"))
+    return out[columns]
+
+
+def stacks_in_steps(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
+    """The step whose window holds each span's start (<NA> outside every step), as the `in_step` column."""
+    from gpuscope.session.join import step_of_events
+
+    return step_of_events(stacks, steps)
+
+
+# -- around a session's workload ---------------------------------------------------------------------------------
+
+def sample_session(session, workload: Callable, *args, rate: int = 100, py_spy=None, **kwargs) -> tuple[pd.DataFrame, dict]:
+    """Run `workload(session, *args, **kwargs)` with py-spy sampling the process that runs the engine: this
+    process for an in-process session, the worker for an isolated one. Returns (cpu_stacks, meta); cpu_stacks
+    carries `in_step` (the session's steps)."""
+    isolated = hasattr(session, "processes") and type(session).__name__ == "IsolatedSession"
+    if isolated:
+        pid = session.processes()["main"]["pid"]
+        session.run(_allow_tracer_in_worker)
+        marker = lambda: session.run(stack_marker)  # noqa: E731 (runs in the worker)
+    else:
+        pid, marker = os.getpid(), None
+    with StackSampler(pid, rate=rate, marker=marker, py_spy=py_spy) as sampler:
+        session.run(workload, *args, **kwargs)
+    stacks = sampler.stacks.assign(in_step=stacks_in_steps(sampler.stacks, session.steps))
+    return stacks, sampler.meta
+
+
+def _allow_tracer_in_worker(_session) -> bool:
+    return allow_any_tracer()
+
+
+def collect_stacks_sweep(configs, model=None, *, engine=None, depths=(0, 256), n_steps: int = 8,
+                         isolate: bool = False, rate: int = 100, out=None, progress: bool = True):
+    """A context sweep (gpuscope.session.workloads.sweep_loop) per configuration under py-spy: one trace with the
+    sessions' tables plus `cpu_stacks` (with in_step) and meta['stacks'] (clock alignment, sampling)."""
+    from gpuscope.models import default_model
+    from gpuscope.session.assemble import combine_traces
+    from gpuscope.session.config import SplitConfig
+    from gpuscope.session.session import Session
+    from gpuscope.session.workloads import sweep_loop
+    from gpuscope.trace.model import save_trace
+
+    configs = [c if isinstance(c, SplitConfig) else SplitConfig.parse(c) if isinstance(c, str)
+               else SplitConfig.from_dict(c) for c in configs] or [SplitConfig()]
+    model = Path(model) if model is not None else default_model()
+    pieces, per_config = [], {}
+    workload = {"name": "sweep", "depths": sorted(depths), "n_steps": n_steps, "stacks": True}
+    for config in configs:
+        if config.n_ctx is None:
+            config = config.replace(n_ctx=max(depths) + n_steps)
+        if progress:
+            print(f"gpuscope collect stacks: {config.label}: py-spy at {rate} Hz over depths {sorted(depths)}",
+                  file=sys.stderr, flush=True)
+        session = Session(model, config, engine=engine, isolate=isolate)
+        try:
+            stacks, meta = sample_session(session, sweep_loop, sorted(depths), n_steps, rate=rate)
+        finally:
+            session.close()
+        per_config[config.label] = meta
+        if progress:
+            share = stacks.groupby("category")["duration_ns"].sum() / max(int(stacks["duration_ns"].sum()), 1)
+            print(f"gpuscope collect stacks: {config.label}: {len(stacks)} stack spans; " +
+                  ", ".join(f"{name} {value:.0%}" for name, value in share.sort_values(ascending=False).items()),
+                  file=sys.stderr, flush=True)
+        pieces.append(session.trace(tables={"cpu_stacks": stacks.assign(config=config.label)}, workload=workload))
+    trace = combine_traces(pieces, {"source": "sweep", "workload": workload, "stacks": per_config})
+    if out is not None:
+        save_trace(trace, out)
+    return trace
