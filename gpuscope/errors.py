@@ -91,3 +91,27 @@ class DecodeError(SessionError):
 
 class EngineCrashedError(SessionError):
     """The engine's worker process died; its trace up to the crash is still readable."""
+
+
+class CollectorError(GpuscopeError):
+    """A collector beside the hooks (GPU kernels, native stacks, imported profiles) could not run or read its input."""
+
+
+class CollectorUnavailableError(CollectorError):
+    """What a collector needs is missing here (torch, a CUDA/ROCm build of torch, py-spy, a trace processor)."""
+
+
+class CuptiConflictError(CollectorError):
+    """Another CUPTI subscriber (Nsight Systems, Nsight Compute, ...) holds the GPU activity API."""
+
+
+class AttachPermissionError(CollectorError):
+    """The stack sampler may not attach to the target process (ptrace permission)."""
+
+
+class TargetExitedError(CollectorError):
+    """The process the stack sampler was to watch exited before it could be sampled."""
+
+
+class ProfileFormatError(CollectorError):
+    """An imported profile (rocprofv3 CSV or rocpd database, Kineto trace) does not have the expected layout."""

@@ -58,20 +58,20 @@ def resolve_program(name: str) -> Path:
     return Path(found).resolve()
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
 
 
-def _how_it_ended(returncode: int) -> dict:
+def how_it_ended(returncode: int) -> dict:
     if returncode < 0:
-        return {"returncode": returncode, "signal": -returncode, "how": f"killed by {_signal_name(-returncode)}"}
+        return {"returncode": returncode, "signal": -returncode, "how": f"killed by {signal_name(-returncode)}"}
     return {"returncode": returncode, "signal": 0, "how": f"exited with status {returncode}"}
 
 
-def _ring_dir() -> Path:
+def ring_dir() -> Path:
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
 
 
@@ -97,25 +97,33 @@ class RingCollector:
             self.batches.append(batch)
         return int(batch.size)
 
-    def finish(self) -> tuple[dict, dict]:
-        """Final drain after the writer is gone: (tables, ring metadata)."""
+    def skip_existing(self) -> None:
+        """Drop what the ring already holds: a session's trace starts when the session opens."""
+        self.poll()
+        self.batches.clear()
+
+    def snapshot(self) -> tuple[dict, dict]:
+        """Drain, then (tables, ring metadata) of everything kept so far; the writer may still be running."""
         self.poll()
         if self.reader is None:
             return {}, {"path": str(self.path), "opened": False}
         records = np.concatenate(self.batches) if self.batches else np.empty(0, self.reader.schema.record_dtype)
-        tables = self.reader.decode(records)
-        status = self.reader.status
-        header = self.reader.header
-        ring_meta = {
+        status, header = self.reader.status, self.reader.header
+        return self.reader.decode(records), {
             "path": str(self.path), "opened": True, "capacity": header.capacity, "pid": status.pid,
             "state": status.state, "crash_signal": status.crash_signal,
-            "crash_signal_name": _signal_name(status.crash_signal) if status.crash_signal else None,
+            "crashsignal_name": signal_name(status.crash_signal) if status.crash_signal else None,
             "written": status.written, "read": status.read, "lost": status.lost,
             "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
             "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,
             "devices": self.reader.device_names(), "unknown_kinds": self.reader.unknown_kinds,
         }
-        self.reader.close()
+
+    def finish(self) -> tuple[dict, dict]:
+        """Final drain after the writer is gone: (tables, ring metadata); closes the reader."""
+        tables, ring_meta = self.snapshot()
+        if self.reader is not None:
+            self.reader.close()
         return tables, ring_meta
 
 
@@ -132,7 +140,7 @@ def record(command: list[str], out: str | os.PathLike, *, capacity: int | None =
         raise NotPatchedError(
             f"{program} is not a program of a patched engine build (no gpuscope hooks in it or its ggml "
             "libraries): build one with `gpuscope engine build` and run the program from `gpuscope engine path`")
-    ring_path = _ring_dir() / f"gpuscope-record-{uuid.uuid4().hex[:12]}.ring"
+    ring_path = ring_dir() / f"gpuscope-record-{uuid.uuid4().hex[:12]}.ring"
     child_env = {**os.environ, **(env or {}), "GPUSCOPE_RING": str(ring_path)}
     if capacity:
         child_env["GPUSCOPE_RING_CAPACITY"] = str(capacity)
@@ -154,7 +162,7 @@ def record(command: list[str], out: str | os.PathLike, *, capacity: int | None =
     finally:
         if not keep_ring:
             ring_path.unlink(missing_ok=True)
-    ended = _how_it_ended(process.returncode)
+    ended = how_it_ended(process.returncode)
     meta = {
         "gpuscope_version": __version__,
         "source": "record",

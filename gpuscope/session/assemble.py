@@ -1,0 +1,79 @@
+"""Session traces: the steps table, every process's events tagged with their process, and the metadata.
+
+Layout (the trace format of gpuscope.trace.model, with one more table):
+  steps         one row per decode step (Python side): config, role, phase, pos_before/pos_after, n_tokens,
+                t_begin_ns/t_end_ns/wall_ns, the workload's tags, and per-step engine columns (see join.py)
+  <event kind>  engine events of every process, with `process` ('main', 'rpc0', ...), `pid`, `config` and
+                `in_step`: the step (steps.step) whose time window holds them
+  meta          configs (each SplitConfig.to_dict() plus its label), model (with `synthetic`), engine build,
+                processes (pid, ring status, exit), ring (the main process's ring), workload
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from gpuscope import __version__
+from gpuscope.session.join import JOIN_COLUMN, step_of_events, steps_with_engine
+from gpuscope.trace.model import Trace
+
+STEP_COLUMNS = ["step", "config", "role", "phase", "pos_before", "pos_after", "n_tokens", "n_outputs",
+                "t_begin_ns", "t_end_ns", "wall_ns", "status"]
+
+
+def steps_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame({column: pd.Series(dtype="int64" if column not in ("config", "role", "phase")
+                                               else object) for column in STEP_COLUMNS})
+    extra = [column for column in frame.columns if column not in STEP_COLUMNS]
+    return frame[STEP_COLUMNS + extra]
+
+
+def build_trace(step_rows: list[dict], processes: dict[str, dict], *, label: str, meta: dict,
+                extra_tables: dict[str, pd.DataFrame] | None = None) -> Trace:
+    """processes: {name: {"pid": int, "tables": {kind: DataFrame}, "ring": ring meta, ...}} ('main' first)."""
+    steps = steps_frame(step_rows)
+    per_kind: dict[str, list[pd.DataFrame]] = {}
+    for name, process in processes.items():
+        for kind, frame in process.get("tables", {}).items():
+            frame = frame.copy()
+            frame["process"] = name
+            frame["pid"] = process.get("pid", 0)
+            frame["config"] = label
+            per_kind.setdefault(kind, []).append(frame)
+    tables = {kind: pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+              for kind, frames in per_kind.items()}
+    for frame in tables.values():
+        frame[JOIN_COLUMN] = step_of_events(frame, steps)
+    tables["steps"] = steps_with_engine(steps, tables)
+    tables.update(extra_tables or {})
+    process_meta = {name: {key: value for key, value in process.items() if key != "tables"}
+                    for name, process in processes.items()}
+    full_meta = {"gpuscope_version": __version__, "processes": process_meta,
+                 "ring": process_meta.get("main", {}).get("ring", {}), **meta}
+    return Trace(meta=full_meta, tables=tables)
+
+
+def combine_traces(traces: list[Trace], meta: dict) -> Trace:
+    """One trace from several sessions' traces (a sweep): tables concatenated, step ids renumbered so that they
+    stay unique, each session's metadata kept under meta['runs']."""
+    per_kind: dict[str, list[pd.DataFrame]] = {}
+    offset = 0
+    for trace in traces:
+        steps = trace.tables.get("steps")
+        for kind, frame in trace.tables.items():
+            column = "step" if kind == "steps" else JOIN_COLUMN
+            if column in frame.columns and offset:
+                frame = frame.copy()
+                frame[column] = frame[column] + offset
+            per_kind.setdefault(kind, []).append(frame)
+        if steps is not None and len(steps):
+            offset += int(steps["step"].max()) + 1
+    tables = {kind: pd.concat(frames, ignore_index=True) for kind, frames in per_kind.items()}
+    configs = [config for trace in traces for config in trace.meta.get("configs", [])]
+    runs = [{key: value for key, value in trace.meta.items() if key != "configs"} for trace in traces]
+    first = traces[0].meta if traces else {}
+    combined = {"gpuscope_version": __version__, "configs": configs, "runs": runs,
+                "model": first.get("model"), "engine": first.get("engine"), "ring": first.get("ring", {}),
+                "crashed": any(trace.meta.get("crashed") for trace in traces), **meta}
+    return Trace(meta=combined, tables=tables)
