@@ -14,6 +14,17 @@ from gpuscope import errors
 _COMMAND_MODULES = (
     "gpuscope.trace.record",
     "gpuscope.ring.bench",
+    "gpuscope.engine.overhead",
+    "gpuscope.models.cli",
+    "gpuscope.engine.cli",
+    "gpuscope.session.cli",
+    "gpuscope.doctor.cli",
+    "gpuscope.compare.cli",
+    "gpuscope.analysis.bench",
+    "gpuscope.collectors.cli",
+    "gpuscope.report.cli",
+    "gpuscope.live.bench",
+    "gpuscope.demo",
 )
 
 

@@ -115,3 +115,11 @@ class TargetExitedError(CollectorError):
 
 class ProfileFormatError(CollectorError):
     """An imported profile (rocprofv3 CSV or rocpd database, Kineto trace) does not have the expected layout."""
+
+
+class ReportError(GpuscopeError):
+    """A report, a notebook or a live dashboard could not be made."""
+
+
+class StaticExportUnavailableError(ReportError):
+    """PNG / PDF export needs kaleido and a Chrome or Chromium browser, and one of them is missing."""

@@ -35,7 +35,7 @@ enum gpuscope_kind {
     GPUSCOPE_KIND_SYNC             = 8,  /* backend/event synchronize or event wait */
     GPUSCOPE_KIND_BUFFER           = 9,  /* backend buffer alloc / free / usage */
     GPUSCOPE_KIND_DECODE_BEGIN     = 10, /* llama_decode entered */
-    GPUSCOPE_KIND_UBATCH           = 11, /* one ubatch processed */
+    GPUSCOPE_KIND_UBATCH           = 11, /* a ubatch graph is ready and about to compute */
     GPUSCOPE_KIND_DECODE_SUBMITTED = 12, /* llama_decode returned (work queued) */
     GPUSCOPE_KIND_DECODE_SYNCED    = 13, /* the step's work really finished */
     GPUSCOPE_KIND_SPLIT_BEGIN      = 14, /* scheduler split starts */
@@ -95,6 +95,7 @@ enum gpuscope_sync_reason {
     GPUSCOPE_SYNC_REASON_REALLOC        = 4,
     GPUSCOPE_SYNC_REASON_USER           = 5, /* llama_synchronize / sched synchronize */
     GPUSCOPE_SYNC_REASON_OUTPUT_GROW    = 6,
+    GPUSCOPE_SYNC_REASON_ASYNC_FALLBACK = 7, /* backend has no async get/set/copy: sync, then a blocking transfer */
 };
 
 enum gpuscope_buffer_action {

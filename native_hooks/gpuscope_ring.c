@@ -336,7 +336,10 @@ static void open_from_environment(void) {
     if (__atomic_load_n(&gpuscope_active, __ATOMIC_ACQUIRE) == &lazy_open_sentinel) {
         const char * path = getenv("GPUSCOPE_RING");
         if (path != NULL && *path != '\0') {
-            int rc = open_locked(path, 0, 0);
+            /* GPUSCOPE_RING_CAPACITY: records (rounded up to a power of two); unset or invalid: default */
+            const char * capacity_text = getenv("GPUSCOPE_RING_CAPACITY");
+            const uint64_t capacity = capacity_text != NULL ? strtoull(capacity_text, NULL, 10) : 0;
+            int rc = open_locked(path, capacity, 0);
             if (rc != 0) {
                 fprintf(stderr, "gpuscope: cannot open ring %s: %s\n", path, strerror(-rc));
             }
@@ -464,7 +467,7 @@ static uint32_t lookup_string(const struct ring * r, const struct name * n, uint
 }
 
 static uint32_t intern_locked(struct ring * r, const struct name * n) {
-    uint64_t slot;
+    uint64_t slot = 0;
     const uint32_t found = lookup_string(r, n, &slot);
     if (found != 0) {
         return found;
@@ -496,7 +499,7 @@ uint32_t gpuscope_intern_n(const char * s, size_t len) {
     if (r == NULL) {
         return 0;
     }
-    uint64_t slot;
+    uint64_t slot = 0;
     uint32_t id = lookup_string(r, &n, &slot);
     leave_ring(tid);
     if (id == 0) {
@@ -537,7 +540,7 @@ int16_t gpuscope_device(const char * name) {
     if (r == NULL) {
         return -1;
     }
-    uint64_t slot;
+    uint64_t slot = 0;
     const uint32_t known = lookup_string(r, &n, &slot);
     int16_t index = known != 0 ? find_device(r->hdr, known) : -1;
     leave_ring(tid);

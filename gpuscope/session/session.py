@@ -52,6 +52,11 @@ class Engine:
     _current: "Engine | None" = None
 
     @classmethod
+    def current(cls) -> "Engine | None":
+        """This process's engine, once a session loaded one."""
+        return cls._current
+
+    @classmethod
     def acquire(cls, build: EngineBuild, ring_path: Path | None = None, ring_capacity: int | None = None) -> "Engine":
         if cls._current is not None:
             if cls._current.build.library.resolve() != build.library.resolve():
@@ -467,6 +472,12 @@ class Session:
     def run(self, function: Callable, *args, **kwargs):
         """`function(self, *args, **kwargs)`: the same call runs inside the worker for an isolated session."""
         return function(self, *args, **kwargs)
+
+    def live(self, **options):
+        """A live dashboard of this session in the notebook (gpuscope.live): dashboard.run(workload, ...)."""
+        from gpuscope.live import live
+
+        return live(self, **options)
 
     # -- events and traces ---------------------------------------------------------------------------------------
 

@@ -51,12 +51,14 @@ def sweep_loop(session, depths: Sequence[int], n_steps: int, seed: int = 0) -> N
 def sweep(configs: Iterable[SplitConfig | dict], model: str | os.PathLike | None = None, *,
           engine: str | os.PathLike | None = None, depths: Sequence[int] = DEFAULT_DEPTHS,
           n_steps: int = DEFAULT_STEPS, isolate: bool = False, progress: bool = True,
-          out: str | os.PathLike | None = None, **session_options) -> Trace:
+          out: str | os.PathLike | None = None, on_step: Callable[[dict], None] | None = None,
+          **session_options) -> Trace:
     """Step time against context depth for each configuration; one trace with a `config` column.
 
     Every configuration is checked before the first one loads. With isolate=True each configuration runs in its
     own worker: one that crashes leaves its steps and events in the trace (meta['crashed']) and the sweep goes on;
-    one whose engine dies while loading is listed in meta['failed']."""
+    one whose engine dies while loading is listed in meta['failed']. on_step(row) is called after every step of
+    every configuration (live dashboards)."""
     configs = [c if isinstance(c, SplitConfig) else SplitConfig.from_dict(c) for c in configs]
     model = Path(model) if model is not None else default_model()
     n_ctx_train = read_model_info(model).n_ctx_train
@@ -79,6 +81,8 @@ def sweep(configs: Iterable[SplitConfig | dict], model: str | os.PathLike | None
                 failed.append({"config": config.label, "error": str(exc)})
                 continue
             session.add_step_listener(bar.on_step)
+            if on_step is not None:
+                session.add_step_listener(on_step)
             try:
                 session.run(sweep_loop, depths, n_steps)
             except EngineCrashedError as exc:

@@ -112,7 +112,7 @@ class RingCollector:
         return self.reader.decode(records), {
             "path": str(self.path), "opened": True, "capacity": header.capacity, "pid": status.pid,
             "state": status.state, "crash_signal": status.crash_signal,
-            "crashsignal_name": signal_name(status.crash_signal) if status.crash_signal else None,
+            "crash_signal_name": signal_name(status.crash_signal) if status.crash_signal else None,
             "written": status.written, "read": status.read, "lost": status.lost,
             "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
             "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,

@@ -1,0 +1,261 @@
+"""`Analysis`: one object over a trace, one method per question; results are computed once and kept."""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pandas as pd
+
+from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, syncs
+from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
+from gpuscope.analysis.ggml_names import op_names
+from gpuscope.analysis.health import health, last_events
+from gpuscope.analysis.model_bytes import ModelBytes, ModelFileError, model_bytes, run_settings
+from gpuscope.analysis.steps import assign_steps, event_runs, main_process, step_table
+from gpuscope.trace.model import Trace, load_trace
+
+
+class Analysis:
+    """Answers about one trace.
+
+    model: the GGUF file the run used, when the trace does not name it (the bandwidth floor needs its byte
+    counts); bandwidth: device name -> GB/s, overriding the trace's and the peak table's figures."""
+
+    def __init__(self, trace: Trace | str | os.PathLike, *, model: str | os.PathLike | None = None,
+                 bandwidth: dict[str, float] | None = None):
+        self.trace = trace if isinstance(trace, Trace) else load_trace(trace)
+        self.settings = run_settings(self.trace.meta)
+        self.model_given = model is not None
+        if model is not None:
+            self.settings["model"] = str(model)
+        self.given_bandwidth = dict(bandwidth or {})
+
+    def table(self, kind: str) -> pd.DataFrame:
+        return self.trace.table(kind)
+
+    # -- steps -----------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def steps(self) -> pd.DataFrame:
+        """One row per decode step (see gpuscope.analysis.steps)."""
+        session = self.trace.tables.get("steps")
+        return step_table(self.table("decode_begin"), self.table("ubatch"), self.table("decode_submitted"),
+                          self.table("decode_synced"), session_steps=session, meta=self.trace.meta)
+
+    @functools.cached_property
+    def complete_steps(self) -> pd.DataFrame:
+        return self.steps[self.steps["complete"] & self.steps["wall_ns"].notna()]
+
+    def in_step(self, kind: str) -> pd.Series:
+        """The step each event of `kind` happened in (-1: none), aligned with the kind's table."""
+        frame = self.table(kind)
+        return pd.Series(assign_steps(frame, self.steps), index=frame.index, name="in_step")
+
+    # -- step time against context -----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def fits(self) -> pd.DataFrame:
+        return context.fit_groups(self.steps)
+
+    @functools.cached_property
+    def step_events(self) -> pd.DataFrame:
+        return context.step_events(self.steps, self.in_step("gallocr_realloc"), self.in_step("sched_reserve"),
+                                   self.in_step("fa_plan"))
+
+    @functools.cached_property
+    def breakpoints(self) -> pd.DataFrame:
+        return context.find_breakpoints(self.steps, self.step_events)
+
+    def settings_of(self, config: str | None) -> dict:
+        """KV cache types and tensor split of a configuration label (the run's defaults for unknown labels)."""
+        return self.settings["configs"].get(config, self.settings["default"]) if config is not None else \
+            self.settings["default"]
+
+    def model_of(self, config: str | None = None) -> ModelBytes | None:
+        """The model's byte counts under a configuration's cache types; None when the trace does not say which
+        model ran (pass model=) or the file is gone."""
+        path = self.settings.get("model")
+        settings = self.settings_of(config)
+        try:
+            if path:
+                return model_bytes(path, settings["type_k"], settings["type_v"])
+        except ModelFileError:
+            pass
+        recorded = self.trace.meta.get("model_bytes")  # counted where the trace was made
+        if recorded and not self.model_given:
+            return ModelBytes.from_meta(recorded, settings["type_k"], settings["type_v"])
+        return None
+
+    @property
+    def model(self) -> ModelBytes | None:
+        return self.model_of(None)
+
+    @functools.cached_property
+    def devices(self) -> pd.DataFrame:
+        return device_table(main_process(self.table("device_info")))
+
+    @functools.cached_property
+    def bandwidth(self) -> pd.DataFrame:
+        return resolve_bandwidth(self.devices, self.trace.meta, self.given_bandwidth)
+
+    def run_of(self, config: str) -> int:
+        runs = self.steps.loc[self.steps["config"] == config, "run"]
+        return int(runs.iloc[0]) if len(runs) else 0
+
+    def shares_of(self, config: str) -> dict[str, dict[str, float]]:
+        """Where the weights and the KV cache of a configuration's run are, as shares per location."""
+        return context.placement_shares(memory.placement(self.buffers, self.run_of(config)), self.model_of(config))
+
+    @functools.cached_property
+    def floor(self) -> pd.DataFrame | None:
+        """Per complete step: bandwidth floor, bytes read and efficiency (NaN where a device's bandwidth is
+        unknown); None without the model's byte counts."""
+        parts = []
+        for config, steps in self.complete_steps.groupby("config", sort=False):
+            model = self.model_of(config)
+            if model is None:
+                return None
+            parts.append(context.bandwidth_floor(steps, model, self.bandwidth, self.shares_of(config)))
+        return pd.concat(parts, ignore_index=True) if parts else None
+
+    def floor_slope_ns_per_cell(self, config: str) -> float:
+        """How fast a configuration's floor grows per context cell, NaN when unknown."""
+        model = self.model_of(config)
+        if model is None:
+            return np.nan
+        return context.floor_slope_ns_per_cell(model, self.bandwidth, self.shares_of(config))
+
+    # -- budget --------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def budget(self) -> pd.DataFrame:
+        return budget.step_budget(self.steps, self.table("sync"), self.table("copy"), self.table("split_end"),
+                                  self.table("sched_reserve"), self.table("ubatch"))
+
+    @functools.cached_property
+    def budget_summary(self) -> pd.DataFrame:
+        return budget.budget_summary(self.budget)
+
+    @functools.cached_property
+    def collector_budget(self) -> pd.DataFrame:
+        """Per complete step, what the collectors saw where they ran (empty otherwise): CPU time of the engine's
+        sampled threads by category (`cpu:<category>`, from cpu_stacks) and GPU time by kernel family
+        (`gpu:<family>`, from kernels; overlapping streams count twice) with `gpu_busy_ns` (their union)."""
+        return budget.collector_budget(self.complete_steps, self.trace.tables.get("cpu_stacks"),
+                                       self.trace.tables.get("kernels"))
+
+    # -- allocator -----------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def allocator(self) -> pd.DataFrame:
+        return allocator.per_step(self.steps, self.table("gallocr_realloc"), self.table("gallocr_buffer"),
+                                  self.table("sched_reserve"))
+
+    @functools.cached_property
+    def allocator_churn(self) -> pd.DataFrame:
+        return allocator.churn(self.table("gallocr_realloc"), self.table("sched_reserve"), self.steps)
+
+    # -- FlashAttention routes and placement --------------------------------------------------------------------
+
+    @functools.cached_property
+    def fa_plans(self) -> pd.DataFrame:
+        return fa_routes.plans(self.table("fa_plan"), self.steps)
+
+    @functools.cached_property
+    def fa_none(self) -> pd.DataFrame:
+        return fa_routes.none_plans(self.table("fa_plan"))
+
+    @functools.cached_property
+    def fa_route_changes(self) -> pd.DataFrame:
+        return fa_routes.route_changes(self.table("fa_plan"))
+
+    @functools.cached_property
+    def op_placements(self) -> pd.DataFrame:
+        return fa_routes.placements(self.table("op_placement"), op_names(self.trace.meta.get("engine")))
+
+    # -- syncs ------------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def syncs(self) -> pd.DataFrame:
+        return syncs.per_step(self.steps, self.table("sync"))
+
+    @functools.cached_property
+    def sync_summary(self) -> pd.DataFrame:
+        return syncs.summary(self.steps, self.syncs)
+
+    @functools.cached_property
+    def eval_callback(self) -> pd.DataFrame:
+        return syncs.eval_callback(self.steps, self.table("sync"))
+
+    # -- memory ----------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def buffers(self) -> pd.DataFrame:
+        frame = main_process(self.table("buffer"))
+        return memory.buffer_lifetimes(frame, event_runs(frame))
+
+    @functools.cached_property
+    def memory_timeline(self) -> pd.DataFrame:
+        return memory.timeline(self.buffers)
+
+    @functools.cached_property
+    def memory_peaks(self) -> pd.DataFrame:
+        return memory.peaks(self.buffers)
+
+    @functools.cached_property
+    def memory_placement(self) -> pd.DataFrame:
+        return memory.placement(self.buffers)
+
+    @functools.cached_property
+    def split_imbalance(self) -> pd.DataFrame:
+        """Per configuration: weight bytes per offload device against the split asked for."""
+        parts = []
+        for config in pd.unique(self.steps["config"]) if len(self.steps) else [None]:
+            run = self.run_of(config) if config is not None else None
+            placed = memory.placement(self.buffers, run)
+            weights = placed[placed["owner"] == "weights"].groupby("location")["bytes"].sum()
+            model = self.model_of(config)
+            table = memory.split_imbalance(weights, self.settings_of(config)["tensor_split"], self.devices,
+                                           model.layer_bytes if model is not None else ())
+            parts.append(table.assign(config=config))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    # -- splits and copies ----------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def copy_events(self) -> pd.DataFrame:
+        return copies.copy_events(self.steps, self.table("copy"))
+
+    @functools.cached_property
+    def copies(self) -> pd.DataFrame:
+        return copies.per_step(self.steps, self.copy_events)
+
+    @functools.cached_property
+    def copy_pairs(self) -> pd.DataFrame:
+        return copies.pair_summary(self.steps, self.copy_events)
+
+    @functools.cached_property
+    def splits(self) -> pd.DataFrame:
+        return copies.splits_per_step(self.steps, self.table("split_begin"))
+
+    # -- health ------------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def health(self) -> dict:
+        return health(self.trace.meta, self.steps)
+
+    def last_events(self, count: int = 12) -> pd.DataFrame:
+        return last_events(self.trace.tables, count)
+
+    # -- diagnosis ---------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def findings(self) -> list:
+        from gpuscope.doctor.rules import diagnose
+
+        return diagnose(self)
+
+    def __repr__(self) -> str:
+        where = self.trace.path or "in memory"
+        return f"Analysis({where}: {len(self.steps)} steps)"

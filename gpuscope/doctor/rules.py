@@ -1,0 +1,490 @@
+"""The doctor's rules: each reads the analyses of one trace and returns the findings it supports.
+
+Every rule states its threshold here, next to why: a finding on a clean run is a defect, so each threshold sits
+above what clean runs of the engine show and each rule stays silent when its inputs are missing (no model file,
+no known bandwidth) rather than guessing. Rule ids are stable: scripts and `gpuscope compare` key on them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from gpuscope.analysis.columns import text
+from gpuscope.doctor.findings import Finding
+
+# A problem must touch at least this many steps, and this share of them, to be a pattern rather than an event.
+MIN_STEPS = 3
+MIN_STEP_SHARE = 0.10
+
+
+def _steps_total(a) -> float:
+    return float(a.complete_steps["wall_ns"].sum())
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.3g} ms"
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.01 else f"{share * 100:.2g}%"
+
+
+# -- trace health ---------------------------------------------------------------------------------------------------
+
+def lost_events(a) -> list[Finding]:
+    h = a.health
+    dropped = h["strings_dropped"] + h["writer_dropped"]
+    if not h["lost"] and not dropped:
+        return []
+    severity = "critical" if h["lost_share"] > 0.01 else "warning"
+    return [Finding(
+        id="trace.lost-events", severity=severity,
+        statement=f"{h['lost']} of {h['written']} events ({h['lost_share']:.2%}) were overwritten before they were "
+                  "read: counts per step below undercount, steps may miss their begin or end",
+        evidence={"written": h["written"], "read": h["read"], "lost": h["lost"],
+                  "strings_dropped": h["strings_dropped"], "writer_dropped": h["writer_dropped"]},
+        cause="the ring was too small for the event rate, or the reader drained it too slowly",
+        actions=["record again with a larger ring: gpuscope record --capacity 4194304 ...",
+                 "or record a shorter run"])]
+
+
+_SIGNAL_CAUSES = {
+    "SIGILL": "an instruction the processor or sandbox does not allow: a build for another CPU (GGML_NATIVE on a "
+              "machine that advertises AMX or AVX-512 the sandbox refuses)",
+    "SIGABRT": "the engine aborted on purpose: a GGML_ASSERT or GGML_ABORT (for example no FlashAttention kernel "
+               "at compute time, or an allocation that failed)",
+    "SIGSEGV": "an invalid memory access in the engine or in the program calling it",
+    "SIGBUS": "a bad memory mapping (a model file truncated or changed while mapped)",
+    "SIGFPE": "an arithmetic fault (integer division by zero)",
+}
+
+
+def crashed(a) -> list[Finding]:
+    h = a.health
+    if not h["crashed"]:
+        return []
+    signal = h["crash_signal"]
+    name = signal if isinstance(signal, str) else f"signal {signal}"
+    in_flight = h["steps_in_flight"]
+    where = f"during decode step {in_flight[-1]}" if in_flight else "outside any decode step"
+    last = a.last_events(8)
+    return [Finding(
+        id="engine.crashed", severity="critical",
+        statement=f"The engine died ({name}) {where}; the trace holds every event committed before it",
+        evidence={"signal": name, "exit": h["exit"], "ring_state": h["state"], "steps_recorded": h["steps"],
+                  "steps_in_flight": in_flight},
+        cause=_SIGNAL_CAUSES.get(name, "see the last events before the crash"),
+        actions=["read the last events below: the last step's batch and the last plan or allocation before it",
+                 "rerun the same command under gdb (or with a core dump) for the native stack"],
+        rows=last, rows_kind="last events")]
+
+
+# -- allocator ---------------------------------------------------------------------------------------------------------
+
+def allocator_churn(a) -> list[Finding]:
+    per_step = a.allocator[a.allocator["step"].isin(a.complete_steps["step"])]
+    busy = per_step[(per_step["reallocs"] > 0) | (per_step["reserves"] > 0) | (per_step["buffer_reallocs"] > 0)]
+    n = len(a.complete_steps)
+    if len(busy) < MIN_STEPS or len(busy) < MIN_STEP_SHARE * n:
+        return []
+    lost = float(busy["time_lost_ns"].sum())
+    # one backend re-plans inside the allocator, untimed; several go through the scheduler's timed re-reserve
+    share = lost / _steps_total(a) if _steps_total(a) and busy["reserves"].any() else None
+    churn = a.allocator_churn
+    alternating = churn[churn["alternating"]] if len(churn) else churn
+    reasons = {c.removeprefix("realloc_"): int(per_step[c].sum()) for c in per_step.columns
+               if c.startswith("realloc_")}
+    if len(alternating):
+        sizes = alternating.iloc[0]["sizes"]
+        pattern = f"graph sizes alternating between {' / '.join(map(str, sizes))} nodes"
+        cause = ("two graphs of different sizes take turns on one graph allocator (alternating batch shapes, or "
+                 "two graphs sharing one scheduler): each turn frees and reallocates the compute buffers")
+    else:
+        pattern = "reasons " + ", ".join(f"{k} {v}" for k, v in reasons.items())
+        cause = ("the graph changes between steps so that the allocator's reserved layout no longer fits "
+                 "(a node count change, or a tensor outgrowing its slot)")
+    severity = "critical" if share is not None and share >= 0.10 else "warning"
+    rows = a.table("gallocr_realloc")
+    rows = rows.assign(in_step=a.in_step("gallocr_realloc"))
+    rows = rows[rows["in_step"] >= 0]
+    return [Finding(
+        id="allocator.churn", severity=severity,
+        statement=f"The graph allocator re-planned in {len(busy)} of {n} steps ({pattern})"
+                  + (f"; re-reserves took {_ms(lost)} in all" if busy["reserves"].any() else ""),
+        evidence={"steps_with_reallocation": len(busy), "steps": n, "reallocations": int(busy["reallocs"].sum()),
+                  "reasons": reasons, "re_reserves": int(busy["reserves"].sum()),
+                  "bytes_freed": int(busy["bytes_freed"].sum()), "bytes_allocated": int(busy["bytes_allocated"].sum()),
+                  "time_lost_ns": lost, "alternating_allocators": int(len(alternating))},
+        cause=cause,
+        actions=["reserve once for the largest graph (ggml_backend_sched_reserve / gallocr_reserve with the "
+                 "worst-case batch) so smaller graphs fit the same layout",
+                 "give each graph shape its own allocator or scheduler instead of sharing one",
+                 "keep batch shapes steady between steps",
+                 "GGML_SCHED_DEBUG_REALLOC=1 aborts at the first unexpected reallocation, for a backtrace"],
+        share=share, rows=rows.drop(columns=["in_step"]), rows_kind="gallocr_realloc")]
+
+
+def graph_rebuilt(a) -> list[Finding]:
+    steps = a.complete_steps.sort_values("begin_ns")
+    if len(steps) < 8 or steps["graph_reused"].isna().all():
+        return []
+    by_ctx = steps.groupby(["run", "ctx"], sort=False)
+    first = steps["cold_start"]
+    kv_changed = by_ctx["n_kv"].diff().fillna(0) != 0  # the KV view grows every 256 cells: a rebuild is due
+    reused = steps["graph_reused"].astype(bool)
+    rebuilt = ~reused & ~first & ~kv_changed
+    candidates = (~first & ~kv_changed).sum()
+    if rebuilt.sum() < MIN_STEPS or rebuilt.sum() < 0.5 * candidates:
+        return []
+    budget = a.budget.set_index("step")
+    if "host_prepare" not in budget.columns:
+        return []
+    host = budget["host_prepare"]
+    rebuilt_ids, reused_ids = steps.loc[rebuilt, "step"], steps.loc[reused & ~first, "step"]
+    host_rebuilt = host.reindex(rebuilt_ids).dropna()
+    baseline = float(host.reindex(reused_ids).dropna().median()) if len(reused_ids) else 0.0
+    cost = float(np.clip(host_rebuilt - (0.0 if np.isnan(baseline) else baseline), 0, None).sum())
+    share = cost / _steps_total(a) if _steps_total(a) else None
+    shape_changed = (by_ctx["n_tokens"].diff().fillna(0) != 0) | (by_ctx["n_outputs"].diff().fillna(0) != 0)
+    changed = int((rebuilt & shape_changed).sum())
+    shapes = sorted(set(zip(steps.loc[rebuilt, "n_tokens"].astype(int), steps.loc[rebuilt, "n_outputs"].astype(int))))
+    if changed >= 0.5 * rebuilt.sum():
+        cause = (f"the batch shape changes from step to step ({len(shapes)} distinct token/output counts): a graph "
+                 "is reused only for the same shape, so each step builds, splits and allocates a new one")
+    else:
+        cause = ("graphs are rebuilt although the batch shape stays the same: graph reuse is off "
+                 "(LLAMA_GRAPH_REUSE_DISABLE) or something between steps invalidates it")
+    rows = steps.loc[rebuilt, ["step", "n_tokens", "n_outputs", "n_kv", "n_nodes", "wall_ns"]].assign(
+        host_prepare_ns=host.reindex(rebuilt_ids).to_numpy())
+    return [Finding(
+        # rebuilding is a finding whatever it costs; a warning once it costs a measurable share of the steps
+        id="graph.rebuilt", severity="warning" if share is not None and share >= 0.02 else "info",
+        statement=f"The compute graph was rebuilt in {int(rebuilt.sum())} of {int(candidates)} steps that could "
+                  f"have reused it; building costs {_ms(cost / max(len(host_rebuilt), 1))} of CPU per step",
+        evidence={"rebuilt_steps": int(rebuilt.sum()), "reusable_steps": int(candidates),
+                  "rebuilt_with_new_shape": changed, "shapes": [list(s) for s in shapes[:10]],
+                  "host_prepare_rebuilt_median_ns": float(host_rebuilt.median()) if len(host_rebuilt) else None,
+                  "host_prepare_reused_median_ns": baseline if len(reused_ids) else None,
+                  "cpu_cost_ns": cost},
+        cause=cause,
+        actions=["keep the batch shape steady: pad decode batches to a fixed token count, keep prefill and decode "
+                 "in separate calls",
+                 "check that LLAMA_GRAPH_REUSE_DISABLE is not set"],
+        share=share, rows=rows, rows_kind="steps")]
+
+
+# -- FlashAttention and placement ---------------------------------------------------------------------------------
+
+def fa_route_none(a) -> list[Finding]:
+    none = a.fa_none
+    if not len(none):
+        return []
+    shapes = none.drop_duplicates(["device", "head_dim_k", "head_dim_v", "type_k", "type_v", "reason"])
+    reasons = sorted(set(none["reason"]))
+    at_compute = bool((none["caller"] == "compute").any())
+    # what the fallback costs: the other backends' splits, and the copies and input syncs around them
+    budget = a.budget
+    share = None
+    if len(budget) and budget["wall_ns"].sum():
+        devices = set(none["device"])
+        columns = [c for c in budget.columns if (c.startswith("split:") and c[6:] not in devices)
+                   or c in ("copy", "sync:input_copy", "sync:async_fallback")]
+        share = float(budget[columns].sum().sum() / budget["wall_ns"].sum())
+    return [Finding(
+        id="fa.route-none", severity="critical",
+        statement=f"FlashAttention has no kernel for {len(shapes)} attention shape(s) "
+                  f"on {', '.join(sorted(set(none['device'])))} (reason: {', '.join(reasons)})"
+                  + ("; at compute time, where the engine aborts" if at_compute else
+                     ": the scheduler runs these ops on another backend"),
+        evidence={"shapes": _records(shapes[["device", "head_dim_k", "head_dim_v", "q_heads", "kv_heads", "type_k",
+                                             "type_v", "reason"]]),
+                  "callers": sorted(set(none["caller"]))},
+        cause={"head_size": "the K/V head size has no kernel on this device (or K and V head sizes differ)",
+               "gqa": "the head size needs a GQA ratio this model does not have",
+               "kv_type": "the KV cache type has no FlashAttention kernel here",
+               "mask_broadcast": "the mask is broadcast over heads (mask->ne[2] != 1)",
+               "compiled_out": "the build has no FlashAttention kernels",
+               "arch": "no kernel for this GPU architecture"}.get(reasons[0], "see the reason column"),
+        actions=["use a KV cache type with a kernel (f16, or q8_0 with a build that has it)",
+                 "build the engine with the kernels for this head size / architecture",
+                 "turn FlashAttention off for this model (-fa off) rather than fall back op by op"],
+        share=share, rows=none, rows_kind="fa_plan")]
+
+
+def off_device(a) -> list[Finding]:
+    placed = a.op_placements
+    if not len(placed):
+        return []
+    # ops moved onto a GPU from a CPU layer are the scheduler's op offload (a speed-up): not a problem
+    fallback = placed[placed["is_attention"] | (placed["backend"].str.upper() == "CPU")]
+    if not len(fallback):
+        return []
+    attention = fallback[fallback["is_attention"]]
+    pairs = sorted(set(zip(fallback["layer_backend"], fallback["backend"])))
+    copy_share = float(a.copy_pairs["share"].sum()) if len(a.copy_pairs) else None
+    if len(attention):
+        statement = (f"{len(attention)} FlashAttention op(s) of {attention['layer'].nunique()} layer(s) run on "
+                     "another backend than their layer's device")
+        severity = "critical"
+    else:
+        # other ops kept on the CPU are often asked for (--override-tensor for experts): worth knowing, not a fault
+        statement = (f"{len(fallback)} op(s) of {fallback['layer'].nunique()} layer(s) run on the CPU, not on their "
+                     "layer's device")
+        severity = "info"
+    return [Finding(
+        id="placement.off-device", severity=severity,
+        statement=statement + f" ({', '.join(f'{layer} -> {backend}' for layer, backend in pairs)})",
+        evidence={"ops": sorted(set(fallback["op"])), "layers": sorted(int(x) for x in set(fallback["layer"]))[:40],
+                  "attention_ops": int(len(attention)), "device_pairs": [list(p) for p in pairs],
+                  "copy_time_share": copy_share},
+        cause=("the layer's device cannot run these ops (no kernel for this shape or type, see fa.route-none) or "
+               "their inputs live elsewhere (weights kept on the CPU by --override-tensor, a KV cache kept off "
+               "the layer's device), so the scheduler splits the graph around them"),
+        actions=["use a KV type and head size the device has kernels for",
+                 "keep the layer's weights and KV cache on its device (check --override-tensor, --no-kv-offload)",
+                 "GGML_SCHED_DEBUG=2 prints the split assignment"],
+        share=copy_share, rows=fallback, rows_kind="op_placement")]
+
+
+# -- syncs ----------------------------------------------------------------------------------------------------------
+
+def eval_callback_syncs(a) -> list[Finding]:
+    cb = a.eval_callback
+    cb = cb[cb["step"].isin(a.complete_steps["step"])] if len(cb) else cb
+    if not len(cb):
+        return []
+    sync_share = float(cb["sync_ns"].sum() / cb["wall_ns"].sum())
+    views_per_split = float(cb["views"].sum() / cb["splits"].sum())
+    # a callback that needs a tensor or two per split costs a view or two; one that captures everything cuts each
+    # split into one graph per node
+    if sync_share < 0.02 and views_per_split < 4:
+        return []
+    budget = a.budget.set_index("step").reindex(cb["step"])
+    split_columns = [c for c in budget.columns if c.startswith("split:") or c.startswith("sync:")]
+    touched = float(budget[split_columns].sum(axis=1).sum()) if split_columns else float(cb["sync_ns"].sum())
+    share = touched / float(cb["wall_ns"].sum())
+    rows = a.table("sync")
+    rows = rows.assign(in_step=a.in_step("sync"))
+    rows = rows[(text(rows["reason"]) == "eval_callback") & (rows["in_step"] >= 0)]
+    return [Finding(
+        id="sync.eval-callback", severity="critical" if sync_share >= 0.20 else "warning",
+        statement=f"An eval callback cuts each split into {views_per_split:.0f} graph pieces and synchronizes "
+                  f"after each ({cb['syncs'].mean():.0f} syncs per step); the syncs take {sync_share:.1%} of the "
+                  f"step, the pieces with the callback's own work {share:.0%}",
+        evidence={"steps": int(len(cb)), "syncs_per_step": float(cb["syncs"].mean()),
+                  "views_needed_per_step": float(cb["needed"].mean()), "views_per_split": views_per_split,
+                  "sync_time_share": sync_share, "time_in_callback_splits_share": share},
+        cause=("a graph eval callback (llama-eval-callback, imatrix, a debugging cb_eval) asks for "
+               f"{cb['needed'].sum() / max(cb['views'].sum(), 1):.0%} of the nodes: the scheduler computes up to "
+               "each requested node and waits for the device before calling it"),
+        actions=["ask only for the tensors you need (return false from the callback's ask phase for the rest)",
+                 "remove the callback from production runs",
+                 "capture tensors asynchronously (copy them out in a second graph) instead of per-node syncs"],
+        share=share, rows=rows.drop(columns=["in_step"]), rows_kind="sync")]
+
+
+# -- splits and copies -------------------------------------------------------------------------------------------------
+
+def cross_device_copies(a) -> list[Finding]:
+    steps = a.complete_steps
+    per_step = a.copies[a.copies["step"].isin(steps["step"])]
+    if not len(per_step) or not per_step["copies"].any():
+        return []
+    placed = a.memory_placement
+    devices = sorted(set(placed.loc[placed["owner"].isin(["weights", "kv"]), "location"]))
+    # a layer split copies activations at its device boundaries, a layer or two per device; what it never needs is
+    # a KV cache or weights read by another device every step, or copies for most of the layers
+    with_stored = per_step[per_step["stored_copies"] > 0]
+    layers_per_step = float(per_step["layers_copied"].median())
+    stored_pattern = len(with_stored) >= max(MIN_STEPS, 0.5 * len(per_step))
+    layer_pattern = layers_per_step > 2 * max(len(devices), 1)
+    if not stored_pattern and not layer_pattern:
+        return []
+    wall = float(steps.set_index("step")["wall_ns"].reindex(per_step["step"]).sum())
+    at_stake = float(per_step["foreign_layer_time_ns"].sum() if stored_pattern else per_step["time_ns"].sum())
+    share = at_stake / wall if wall else None
+    if share is None or share < 0.05:
+        return []
+    events = a.copy_events[a.copy_events["step"].isin(per_step["step"])]
+    stored = events[events["stored"]]
+    kv = placed[placed["owner"] == "kv"].groupby("location")["bytes"].sum()
+    weights = placed[placed["owner"] == "weights"].groupby("location")["bytes"].sum().drop(labels=["CPU"],
+                                                                                       errors="ignore")
+    if stored_pattern and stored["tensor"].str.startswith("cache_").any() and len(kv):
+        cause = (f"the KV cache is on {', '.join(kv.index)} while the layers' weights are on "
+                 f"{', '.join(weights.index) or 'the CPU'}: the attention of every layer reads it across devices "
+                 "every step")
+    elif stored_pattern:
+        cause = "weights placed on one device are used every step by layers running on another"
+    else:
+        cause = "the graph crosses devices inside most layers: ops of each layer run on another backend"
+    pairs = a.copy_pairs
+    return [Finding(
+        id="copies.cross-device", severity="critical" if share >= 0.25 else "warning",
+        statement=(f"Every step copies {with_stored['stored_copies'].median():.0f} stored tensors (KV cache or "
+                   f"weights, {with_stored['stored_bytes'].median() / 1e6:.3g} MB) to another device"
+                   if stored_pattern else
+                   f"Every step copies tensors of {layers_per_step:.0f} layers across devices")
+                  + f"; the copies for those layers take {share:.0%} of the step",
+        evidence={"copies_per_step": float(per_step["copies"].median()),
+                  "bytes_per_step": float(per_step["bytes"].median()),
+                  "stored_copies_per_step": float(per_step["stored_copies"].median()),
+                  "stored_tensors": sorted(set(stored["tensor"]))[:12],
+                  "layers_copied_per_step": layers_per_step, "devices_holding_weights_or_kv": devices,
+                  "pairs": _records(pairs[["src_device", "dst_device", "copies_per_step", "bytes_per_step",
+                                           "time_per_step_ns"]]) if len(pairs) else [],
+                  "splits_per_step": float(a.splits["splits"].median()) if len(a.splits) else None},
+        cause=cause,
+        actions=["keep the KV cache with its layers (drop --no-kv-offload / offload_kqv=false)",
+                 "keep weights on the device of the layer that reads them (check --override-tensor rules)",
+                 "use fewer devices, or a split with fewer device boundaries"],
+        share=share, rows=stored if len(stored) else events, rows_kind="copy")]
+
+
+# -- step time against context and the bandwidth floor ---------------------------------------------------------------
+
+def _decode_groups(a) -> pd.DataFrame:
+    """Fits of batch sizes of one token per sequence: the decode steps the floor speaks about."""
+    fits = a.fits
+    if not len(fits):
+        return fits
+    one_token = a.complete_steps.groupby(["config", "n_tokens"])["n_seqs"].median()
+    keys = [(c, t) for c, t in zip(fits["config"], fits["n_tokens"]) if t == one_token.get((c, t), -1)]
+    return fits[[(c, t) in keys for c, t in zip(fits["config"], fits["n_tokens"])]]
+
+
+# Where the context is long, a step may grow this many times faster than reading the KV cache at the measured
+# bandwidth before it is a finding: FlashAttention's decode kernel on an H100 grew 1.3x (8B, 16k-32k cells) to 1.4x
+# (8 of its layers, 8k-16k) the floor's rate; without FlashAttention the same runs grew 2.6x and 3.4x.
+GROWTH_RATIO = 2.5
+
+
+def context_growth(a) -> list[Finding]:
+    if a.floor is None:
+        return []
+    findings = []
+    for fit in _decode_groups(a).itertuples():
+        floor_slope = a.floor_slope_ns_per_cell(fit.config)
+        if not np.isfinite(floor_slope) or floor_slope <= 0 or not np.isfinite(fit.long_slope_ci_low):
+            continue
+        if fit.steps < 16 or fit.context_max - fit.context_min < 1024:
+            continue
+        excess = (fit.long_slope_ns_per_cell - floor_slope) * (fit.context_max - fit.context_min)
+        at_max = fit.intercept_ns + fit.slope_ns_per_cell * fit.context_max
+        if fit.long_slope_ci_low <= GROWTH_RATIO * floor_slope or excess < 0.10 * at_max:
+            continue
+        group = a.complete_steps[(a.complete_steps["config"] == fit.config) &
+                                 (a.complete_steps["n_tokens"] == fit.n_tokens)]
+        long_steps = group[group["context"] >= fit.long_from]
+        share = float(np.clip((fit.long_slope_ns_per_cell - floor_slope) * (long_steps["context"] - fit.context_min)
+                              / long_steps["wall_ns"], 0, 1).mean())
+        findings.append(Finding(
+            id="context.growth-above-floor", severity="warning",
+            statement=f"[{fit.config}, {fit.n_tokens} token(s)] beyond {fit.long_from:.0f} cells a step grows "
+                      f"{fit.long_slope_ns_per_cell:.3g} ns per context cell (95% CI {fit.long_slope_ci_low:.3g} to "
+                      f"{fit.long_slope_ci_high:.3g}), {fit.long_slope_ns_per_cell / floor_slope:.1f}x what reading "
+                      f"the KV cache explains ({floor_slope:.3g} ns per cell)",
+            evidence={"long_context_slope_ns_per_cell": fit.long_slope_ns_per_cell,
+                      "long_context_slope_ci": [fit.long_slope_ci_low, fit.long_slope_ci_high],
+                      "whole_range_slope_ns_per_cell": fit.slope_ns_per_cell,
+                      "floor_slope_ns_per_cell": floor_slope, "context_range": [fit.context_min, fit.context_max],
+                      "excess_over_range_ns": excess, "steps": fit.steps,
+                      "bandwidth": _records(a.bandwidth), "breakpoints": _records(
+                          a.breakpoints[(a.breakpoints["config"] == fit.config) &
+                                        (a.breakpoints["n_tokens"] == fit.n_tokens)])},
+            cause=("attention costs more per cell than its memory traffic: FlashAttention off (the KQ matrix is "
+                   "written and read at every step), a KV type without a fast kernel, or a kernel chosen for this "
+                   "batch and head size that does not scale (see the FA plans and their route changes)"),
+            actions=["turn FlashAttention on (-fa on) and keep an f16 KV cache",
+                     "compare the FA plans at short and long context (Analysis.fa_plans, fa_route_changes)",
+                     "check the breakpoints' events"],
+            share=share, rows=a.fits[(a.fits["config"] == fit.config) & (a.fits["n_tokens"] == fit.n_tokens)],
+            rows_kind="fit"))
+    return findings
+
+
+def short_context_overhead(a) -> list[Finding]:
+    floor = a.floor
+    if floor is None or not floor["floor_ns"].notna().any():
+        return []
+    findings = []
+    for fit in _decode_groups(a).itertuples():
+        group = floor[(floor["config"] == fit.config) & (floor["n_tokens"] == fit.n_tokens)]
+        group = group[group["floor_ns"].notna() & ~group["cold_start"]]
+        if len(group) < MIN_STEPS * 2:
+            continue
+        short = group[group["context"] <= group["context"].min() + 256]
+        efficiency = float(short["floor_ns"].sum() / short["wall_ns"].sum())
+        # a quarter of the floor: far below what decode reaches when it is bound by memory (82% on an H100)
+        if efficiency >= 0.25:
+            continue
+        budget = a.budget.set_index("step").reindex(short["step"])
+        top = budget.drop(columns=["wall_ns"]).sum().sort_values(ascending=False)
+        top_share = (top / budget["wall_ns"].sum()).head(4)
+        findings.append(Finding(
+            id="context.short-above-floor", severity="warning",
+            statement=f"[{fit.config}, {fit.n_tokens} token(s)] at short context a step takes "
+                      f"{_ms(short['wall_ns'].median())} where reading its bytes takes "
+                      f"{_ms(short['floor_ns'].median())}: "
+                      f"{_percent(efficiency)} of the memory-bandwidth floor",
+            evidence={"efficiency": efficiency, "wall_median_ns": float(short["wall_ns"].median()),
+                      "floor_median_ns": float(short["floor_ns"].median()),
+                      "bytes_per_step": float(short["bytes_read"].median()), "steps": int(len(short)),
+                      "budget_top": {k: float(v) for k, v in top_share.items()},
+                      "bandwidth": _records(a.bandwidth)},
+            cause=("fixed costs per step dominate, not memory traffic: CPU-side graph build and scheduling, kernel "
+                   "launch overhead, synchronizations (the budget's top categories are in the evidence)"),
+            actions=["keep graph reuse on (steady batch shapes) and CUDA graphs enabled (GGML_CUDA_DISABLE_GRAPHS "
+                     "unset)", "reduce splits: offload every layer to one device", "batch several sequences per step"],
+            share=float(np.clip(1 - efficiency, 0, 1)), rows=short.drop(columns=["cold_start"]), rows_kind="steps"))
+    return findings
+
+
+# -- memory --------------------------------------------------------------------------------------------------------
+
+def split_imbalance(a) -> list[Finding]:
+    table = a.split_imbalance
+    if not len(table):
+        return []
+    off = table[table["deviation"].abs() > np.maximum(table["tolerance"], 0.10)]
+    if not len(off):
+        return []
+    worst = off.loc[off["deviation"].abs().idxmax()]
+    return [Finding(
+        id="memory.split-imbalance", severity="warning",
+        statement=f"[{worst['config']}] {worst['location']} holds {worst['share']:.0%} of the offloaded weights where "
+                  f"the split asks "
+                  f"for {worst['requested_share']:.0%} ({worst['split_source']})",
+        evidence={"devices": _records(table)},
+        cause=("the layer split rounds to whole layers and puts the output layer on the last device; or the "
+               "split asked for does not match the devices' memory"),
+        actions=["set --tensor-split to the proportions you want, counting the output layer",
+                 "check the devices' free memory when the model loads (the default split follows it)"],
+        share=None, rows=table, rows_kind="weights per device")]
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return frame.to_dict(orient="records") if len(frame) else []
+
+
+RULES: tuple[tuple[str, Callable], ...] = (
+    ("trace.lost-events", lost_events),
+    ("engine.crashed", crashed),
+    ("allocator.churn", allocator_churn),
+    ("graph.rebuilt", graph_rebuilt),
+    ("fa.route-none", fa_route_none),
+    ("placement.off-device", off_device),
+    ("sync.eval-callback", eval_callback_syncs),
+    ("copies.cross-device", cross_device_copies),
+    ("context.growth-above-floor", context_growth),
+    ("context.short-above-floor", short_context_overhead),
+    ("memory.split-imbalance", split_imbalance),
+)
+
+
+def diagnose(analysis) -> list[Finding]:
+    """Every rule's findings, most severe first, then by the share of step time at stake."""
+    findings = [finding for _, rule in RULES for finding in rule(analysis)]
+    return sorted(findings, key=lambda f: f.sort_key)

@@ -1,0 +1,29 @@
+"""The live dashboard (ipywidgets + plotly FigureWidget): `gpuscope.live(session)`, `session.live()`,
+`gpuscope.live(ring_path)` for another process's ring, `gpuscope.live()` then `.sweep(...)` for several
+configurations. See gpuscope.live.dashboard.
+
+This package is callable, `gpuscope.live(...)` being the way in, while `gpuscope.live.dashboard` and
+`gpuscope.live.events` stay importable as modules."""
+from __future__ import annotations
+
+import sys
+import types
+
+
+def live(source=None, **options):
+    """A live dashboard over a Session (in this process or isolated), a ring file of another process, or (None)
+    this process's engine, displayed in the notebook; returns the Dashboard (run(), sweep(), pause(), stop(),
+    wait()). Options: interval_s (seconds between refreshes, default 0.25), findings_every_s (default 5),
+    title, show."""
+    from gpuscope.live.dashboard import Dashboard
+
+    return Dashboard(source, **options)
+
+
+class _CallablePackage(types.ModuleType):
+    def __call__(self, source=None, **options):
+        return live(source, **options)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
+__all__ = ["live"]

@@ -1,0 +1,68 @@
+"""Plotly figures of gpuscope's analyses: each function takes analysis DataFrames and returns a figure.
+
+  step_time_vs_context   steps per configuration against context, fits, bandwidth floor, event markers
+  step_breakdown         per-step stacked time: hook budget, GPU kernels by family, sampled CPU work
+  memory_over_time       bytes held per device by owner
+  allocator_timeline     reallocations, re-reserves, buffer (re)allocations over time
+  fa_plan_table          the FlashAttention plans, NONE plans shaded
+  copy_matrix            cross-device copies per step, source by destination
+  cpu_flame              icicle of native CPU stacks
+  before_after           two runs over context, and their difference with its confidence band
+
+`standard_figures(analysis)` makes every figure an Analysis has data for (what reports and notebooks show).
+"""
+from __future__ import annotations
+
+from gpuscope.plots.allocator import allocator_timeline
+from gpuscope.plots.breakdown import step_breakdown
+from gpuscope.plots.compare import before_after
+from gpuscope.plots.context import event_markers, step_time_vs_context
+from gpuscope.plots.flame import cpu_flame
+from gpuscope.plots.memory import memory_over_time
+from gpuscope.plots.tables import copy_matrix, fa_plan_table
+
+__all__ = ["allocator_timeline", "before_after", "copy_matrix", "cpu_flame", "event_markers", "fa_plan_table",
+           "memory_over_time", "standard_figures", "step_breakdown", "step_time_vs_context"]
+
+
+def _batch_size(steps) -> int | None:
+    """The batch size to plot against context: single-token decode when the run has it, else the commonest."""
+    if not len(steps):
+        return None
+    sizes = steps["n_tokens"].value_counts()
+    return 1 if 1 in sizes.index else int(sizes.index[0])
+
+
+def standard_figures(analysis) -> dict:
+    """The figures of one trace, by name: always step time against context, the step breakdown and memory; the
+    allocator timeline, FA plans, copy matrix and CPU stacks when the trace holds such events."""
+    from gpuscope.collectors.kernel_table import family_time_per_step, gpu_busy_per_step
+    from gpuscope.collectors.stacks import time_per_step
+
+    steps = analysis.complete_steps
+    n_tokens = _batch_size(steps)
+    chosen = steps[steps["n_tokens"] == n_tokens] if n_tokens is not None else steps
+    figures = {
+        "step_time_vs_context": step_time_vs_context(
+            steps, analysis.fits, analysis.floor, event_markers(analysis.step_events, analysis.syncs, steps),
+            n_tokens=n_tokens),
+    }
+    kernels = analysis.trace.tables.get("kernels")
+    stacks = analysis.trace.tables.get("cpu_stacks")
+    figures["step_breakdown"] = step_breakdown(
+        analysis.budget, chosen,
+        gpu_families=family_time_per_step(kernels, steps) if kernels is not None and len(kernels) else None,
+        gpu_busy=gpu_busy_per_step(kernels, steps) if kernels is not None and len(kernels) else None,
+        cpu_time=time_per_step(stacks, steps) if stacks is not None and len(stacks) else None)
+    figures["memory_over_time"] = memory_over_time(analysis.buffers)
+    if any(len(analysis.table(kind)) for kind in ("gallocr_realloc", "sched_reserve", "gallocr_buffer")):
+        figures["allocator_timeline"] = allocator_timeline(
+            analysis.table("gallocr_realloc"), analysis.table("sched_reserve"), analysis.table("gallocr_buffer"),
+            realloc_steps=analysis.in_step("gallocr_realloc"), reserve_steps=analysis.in_step("sched_reserve"))
+    if len(analysis.fa_plans):
+        figures["fa_plans"] = fa_plan_table(analysis.fa_plans)
+    if len(analysis.copy_pairs):
+        figures["copy_matrix"] = copy_matrix(analysis.copy_pairs)
+    if stacks is not None and len(stacks):
+        figures["cpu_stacks"] = cpu_flame(stacks)
+    return figures

@@ -1,0 +1,67 @@
+"""The graph allocator's decisions over time: reallocations (and why), scheduler re-reserves, and the compute
+buffers it (re)allocated, one row of markers each, with the event's details on hover."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from gpuscope.plots.style import bytes_text, empty, figure, hover, seconds_since, text
+
+
+def _in_step(frame: pd.DataFrame, in_step: pd.Series | None) -> np.ndarray:
+    if in_step is not None and len(in_step) == len(frame):
+        return in_step.to_numpy()
+    return np.full(len(frame), -1)
+
+
+def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFrame, gallocr_buffer: pd.DataFrame, *,
+                       realloc_steps: pd.Series | None = None, reserve_steps: pd.Series | None = None,
+                       t0_ns: int | None = None, title: str = "Allocator events") -> go.Figure:
+    """Markers over time (s since t0_ns, default the first event): one row per reallocation reason, one per
+    re-reserve trigger, one for buffer (re)allocations. The tables are the trace's `gallocr_realloc`,
+    `sched_reserve` and `gallocr_buffer`; realloc_steps / reserve_steps: Analysis.in_step(kind) for the step ids
+    in the hover text."""
+    fig = figure(title, "time (s)", "", height=380)
+    frames = [f for f in (gallocr_realloc, sched_reserve, gallocr_buffer) if len(f)]
+    if not frames:
+        return empty(fig, "no allocator events: every graph fit the allocator's plan")
+    t0 = min(int(f["ts_ns"].min()) for f in frames) if t0_ns is None else t0_ns
+    if len(gallocr_realloc):
+        steps = _in_step(gallocr_realloc, realloc_steps)
+        for reason, group in gallocr_realloc.assign(at_step=steps).groupby(gallocr_realloc["reason"].astype(str),
+                                                                             sort=True):
+            rows = [{"step": int(r.at_step) if r.at_step >= 0 else "outside steps", "tensor": r.tensor,
+                     "nodes/leafs": f"{r.old_count} -> {r.new_count}",
+                     "size needed": bytes_text(r.size_needed), "slot reserved": bytes_text(r.size_max),
+                     "allocator": hex(int(r.galloc)), "device": r.device} for r in group.itertuples()]
+            fig.add_trace(go.Scatter(
+                x=seconds_since(group["ts_ns"], t0), y=[f"reallocation: {text(reason)}"] * len(group),
+                mode="markers", name=f"reallocation: {text(reason)}", marker=dict(symbol="x", size=9, color="#d62728"),
+                hovertext=hover(rows), hoverinfo="text"))
+    if len(sched_reserve):
+        steps = _in_step(sched_reserve, reserve_steps)
+        for trigger, group in sched_reserve.assign(at_step=steps).groupby(sched_reserve["trigger"].astype(str),
+                                                                           sort=True):
+            rows = [{"step": int(r.at_step) if r.at_step >= 0 else "outside steps",
+                     "sync before": f"{r.sync_ns / 1e6:.3f} ms", "reserve": f"{r.reserve_ns / 1e6:.3f} ms",
+                     "graph": f"{r.n_nodes} nodes, {r.n_splits} splits",
+                     "backends changed": bool(r.backend_ids_changed), "scheduler": hex(int(r.sched))}
+                    for r in group.itertuples()]
+            fig.add_trace(go.Scatter(
+                x=seconds_since(group["ts_ns"], t0), y=[f"re-reserve: {text(trigger)}"] * len(group),
+                mode="markers", name=f"re-reserve: {text(trigger)}",
+                marker=dict(symbol="diamond", size=9, color="#ff7f0e",
+                            line=dict(width=0.5, color="#444")),
+                hovertext=hover(rows), hoverinfo="text"))
+    if len(gallocr_buffer):
+        rows = [{"buffer type": r.buft, "size": f"{bytes_text(r.old_size)} -> {bytes_text(r.new_size)}",
+                 "buffer": int(r.buffer_id), "chunks": int(r.n_chunks), "allocator": hex(int(r.galloc))}
+                for r in gallocr_buffer.itertuples()]
+        fig.add_trace(go.Scatter(
+            x=seconds_since(gallocr_buffer["ts_ns"], t0), y=["buffer (re)allocation"] * len(gallocr_buffer),
+            mode="markers", name="buffer (re)allocation", marker=dict(symbol="square", size=8, color="#2ca02c"),
+            hovertext=hover(rows), hoverinfo="text"))
+    fig.update_xaxes(title_text="time since the first event (s)")
+    fig.update_yaxes(type="category", title_text=None)
+    return fig

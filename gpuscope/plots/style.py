@@ -1,0 +1,94 @@
+"""Conventions every gpuscope figure follows: units on the axes, one colour per configuration label, and names
+from the engine (tensors, buffer types, devices, configuration labels) shown as text, never read as markup.
+
+Plotly draws the strings of a figure (legend entries, hover text, table cells, tick labels) as a small subset of
+HTML (`<b>`, `<a href>`, `<br>`), so every string that came from a trace goes through `text()` first: escaped,
+plotly shows it literally."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+TEMPLATE = "plotly_white"
+PALETTE = qualitative.Plotly + qualitative.D3
+# budget and owner categories keep their colour across figures
+CATEGORY_COLORS = {
+    "weights": "#636EFA", "kv": "#EF553B", "compute": "#00CC96", "output": "#AB63FA", "unknown": "#BAB0AC",
+    "copy": "#FFA15A", "reserve": "#FF6692", "host_prepare": "#B6E880", "host_scheduling": "#19D3F3",
+    "host_after_compute": "#FECB52", "idle": "#E5E5E5", "unexplained_ns": "#BAB0AC",
+}
+MIB = 1 << 20
+
+
+def text(value) -> str:
+    """A value from a trace as plotly text: markup characters escaped, so it shows literally."""
+    return html.escape("" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value),
+                       quote=False)
+
+
+def texts(values) -> list[str]:
+    return [text(v) for v in values]
+
+
+def config_colors(labels) -> dict[str, str]:
+    """A colour per configuration label, in order of first appearance."""
+    unique = list(dict.fromkeys(str(label) for label in labels))
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(unique)}
+
+
+def category_color(category: str, fallback_index: int) -> str:
+    if category in CATEGORY_COLORS:
+        return CATEGORY_COLORS[category]
+    if category.startswith("sync:"):
+        return ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#9467bd"][
+            fallback_index % 8]
+    return PALETTE[fallback_index % len(PALETTE)]
+
+
+def figure(title: str, x_title: str, y_title: str, *, height: int = 460, legend_title: str | None = None) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(template=TEMPLATE, title=title, height=height, hovermode="closest",
+                      legend_title_text=legend_title, margin=dict(l=70, r=30, t=60, b=60))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def empty(fig: go.Figure, message: str) -> go.Figure:
+    """A figure that says why it has nothing to draw, instead of blank axes."""
+    fig.add_annotation(text=text(message), showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font=dict(size=14, color="#666"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def ms(ns) -> np.ndarray:
+    return np.asarray(ns, dtype=np.float64) / 1e6
+
+
+def seconds_since(ts_ns, t0_ns: int) -> np.ndarray:
+    return (np.asarray(ts_ns, dtype=np.float64) - t0_ns) / 1e9
+
+
+def first_timestamp(*frames: pd.DataFrame, column: str = "ts_ns") -> int:
+    """The earliest timestamp over frames (the origin of time axes), 0 when there is none."""
+    starts = [int(frame[column].min()) for frame in frames if frame is not None and len(frame) and column in frame]
+    return min(starts) if starts else 0
+
+
+def bytes_text(value: float) -> str:
+    value = float(value)
+    for unit, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def hover(rows: list[dict]) -> list[str]:
+    """Hover text from (already formatted) key -> value dicts; values are escaped here."""
+    return ["<br>".join(f"{key}: {text(value)}" for key, value in row.items()) for row in rows]

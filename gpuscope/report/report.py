@@ -1,0 +1,222 @@
+"""HTML reports: one trace (configuration, environment, health, findings, plots), or a comparison of two.
+
+    from gpuscope.report import write_report
+    write_report("run.trace", "report.html")            # or an Analysis / a Trace
+
+Everything is in the one file: plotly.js is inlined, nothing is fetched, and every name that came from the engine
+or the trace's metadata is escaped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from gpuscope import __version__
+from gpuscope.analysis.facade import Analysis
+from gpuscope.report.page import esc, figure_div, page, pairs, table
+from gpuscope.trace.model import Trace
+
+_FIGURE_TITLES = {
+    "step_time_vs_context": "Step time against context", "step_breakdown": "Where each step's time went",
+    "memory_over_time": "Memory per device", "allocator_timeline": "Allocator events",
+    "fa_plans": "FlashAttention plans", "copy_matrix": "Cross-device copies", "cpu_stacks": "Native CPU stacks",
+}
+
+
+def as_analysis(trace: Analysis | Trace | str | os.PathLike, **analysis_options) -> Analysis:
+    return trace if isinstance(trace, Analysis) else Analysis(trace, **analysis_options)
+
+
+# -- sections of a trace report ---------------------------------------------------------------------------------------
+
+def _summary(a: Analysis) -> str:
+    steps = a.complete_steps
+    findings = a.findings
+    counts = {severity: sum(f.severity == severity for f in findings) for severity in ("critical", "warning", "info")}
+    items = [("trace", a.trace.path or "in memory"), ("made by", a.trace.meta.get("source", "?")),
+             ("steps", f"{len(a.steps)} ({len(steps)} complete)")]
+    if len(steps):
+        items.append(("step time", f"median {steps['wall_ns'].median() / 1e6:.3g} ms "
+                                   f"(p10 {steps['wall_ns'].quantile(0.1) / 1e6:.3g}, "
+                                   f"p90 {steps['wall_ns'].quantile(0.9) / 1e6:.3g})"))
+        items.append(("context", f"{int(steps['context'].min())} .. {int(steps['context'].max())} cells"))
+        items.append(("configurations", ", ".join(map(str, pd.unique(steps["config"])))))
+    items.append(("findings", ", ".join(f"{n} {severity}" for severity, n in counts.items())))
+    return pairs(items)
+
+
+def _finding(f) -> str:
+    share = f" &middot; {f.share:.1%} of step time at stake" if f.share is not None else ""
+    evidence = pairs(f.evidence.items())
+    actions = "".join(f"<li>{esc(action)}</li>" for action in f.actions)
+    rows = ""
+    if len(f.rows):
+        label = f"{f.rows_kind} rows" if f.rows_kind else "rows"
+        rows = (f"<details><summary>{esc(label)} behind it ({len(f.rows)})</summary>"
+                f"{table(f.rows, max_rows=50)}</details>")
+    return (f"<div class='finding {esc(f.severity)}'><h3><span class='badge {esc(f.severity)}'>{esc(f.severity)}"
+            f"</span><code>{esc(f.id)}</code><span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
+            f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
+            f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
+
+
+def _findings(a: Analysis) -> str:
+    findings = a.findings
+    if not findings:
+        return "<p>No findings: none of the doctor's rules saw a problem in this trace.</p>"
+    return "".join(_finding(f) for f in findings)
+
+
+def _configuration(a: Analysis) -> str:
+    meta = a.trace.meta
+    parts = []
+    configs = meta.get("configs") or []
+    if configs:
+        parts.append("<h3>Split configurations</h3>" + table(pd.DataFrame(configs)))
+    if meta.get("command"):
+        parts.append("<h3>Command</h3>" + pairs([("command", " ".join(map(str, meta["command"]))),
+                                                  ("exit", (meta.get("exit") or {}).get("how"))]))
+    model = meta.get("model") or {}
+    if model:
+        parts.append("<h3>Model</h3>" + pairs(model.items()))
+    elif meta.get("model_bytes"):
+        recorded = meta["model_bytes"]
+        parts.append("<h3>Model</h3>" + pairs([(k, recorded[k]) for k in ("path", "architecture", "n_layer",
+                                                                           "weight_bytes") if k in recorded]))
+    workload = meta.get("workload")
+    if workload:
+        parts.append("<h3>Workload</h3>" + pairs(workload.items()))
+    return "".join(parts) or "<p class='muted'>The trace records no configuration.</p>"
+
+
+def _environment(a: Analysis) -> str:
+    meta = a.trace.meta
+    engine = meta.get("engine") or {}
+    parts = ["<h3>Engine build</h3>"]
+    if engine.get("name"):
+        source = engine.get("source") or {}
+        parts.append(pairs([("name", engine.get("name")), ("backend", engine.get("backend")),
+                            ("hooks", engine.get("hooks")), ("hook series sha256", engine.get("hook_series_sha256")),
+                            ("source", source.get("id")), ("upstream commit", source.get("upstream")),
+                            ("built", engine.get("built_at")), ("folder", engine.get("root")),
+                            ("CMake options", " ".join(engine.get("options") or []))]))
+        patches = pd.DataFrame(engine.get("patches") or [])
+        parts.append("<h3>Patches on top of the hook series</h3>" +
+                     (table(patches[[c for c in ("name", "sha256") if c in patches.columns]]) if len(patches)
+                      else "<p class='muted'>none</p>"))
+    else:
+        parts.append(pairs(engine.items()) if engine else "<p class='muted'>(not recorded)</p>")
+    parts.append("<h3>Devices</h3>")
+    devices = a.devices
+    if len(devices):
+        view = devices.copy()
+        for column in ("memory_total", "memory_free"):
+            if column in view:
+                view[column] = (view[column].astype(float) / (1 << 30)).map(lambda v: f"{v:.2f} GiB")
+        parts.append(table(view))
+    else:
+        parts.append("<p class='muted'>the trace has no device_info events</p>")
+    bandwidth = a.bandwidth
+    parts.append("<h3>Memory bandwidth used for the floor</h3>" + table(bandwidth.assign(
+        GB_per_s=bandwidth["bytes_per_s"] / 1e9).drop(columns=["bytes_per_s"])))
+    machine = meta.get("machine")
+    parts.append("<h3>Machine and driver</h3>" + (pairs(machine.items()) if machine else
+                                                   "<p class='muted'>not recorded in the trace (CPU runs have no "
+                                                   "driver)</p>"))
+    return "".join(parts)
+
+
+def _ms_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nanosecond columns shown in milliseconds."""
+    view = frame.copy()
+    for column in [c for c in view.columns if c.endswith("_ns")]:
+        view[column.removesuffix("_ns") + "_ms"] = view.pop(column).astype(float) / 1e6
+    return view
+
+
+def _tables(a: Analysis) -> str:
+    parts = [("Step time against context: fits per configuration and batch size", _ms_columns(a.fits)),
+             ("Changes in step time along the context, and what happened there", _ms_columns(a.breakpoints)),
+             ("Where the step time went (all complete steps)", _ms_columns(a.budget_summary)),
+             ("Synchronizations per step", _ms_columns(a.sync_summary)),
+             ("Cross-device copies per step, by device pair", _ms_columns(a.copy_pairs)),
+             ("Allocator re-plans", a.allocator_churn),
+             ("Memory peaks per location", a.memory_peaks.drop(columns=["at_ns"], errors="ignore"))]
+    return "".join(f"<h3>{esc(title)}</h3>{table(frame)}" for title, frame in parts)
+
+
+def _health(a: Analysis) -> str:
+    h = a.health
+    keys = ("state", "written", "read", "lost", "strings_dropped", "writer_dropped", "crashed", "crash_signal", "exit",
+            "steps_in_flight", "failed_steps")
+    return pairs([(key, h.get(key)) for key in keys])
+
+
+def report_html(analysis: Analysis, *, title: str | None = None) -> str:
+    """The report of one trace as an HTML string."""
+    from gpuscope.plots import standard_figures
+
+    a = analysis
+    name = Path(str(a.trace.path)).name if a.trace.path else "trace"
+    figures = standard_figures(a)
+    plots = "".join(f"<h3>{esc(_FIGURE_TITLES.get(key, key))}</h3>{figure_div(fig)}" for key, fig in figures.items())
+    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections = [
+        ("summary", "Summary", _summary(a)),
+        ("findings", "Findings", _findings(a)),
+        ("plots", "Plots", plots),
+        ("tables", "Tables", _tables(a)),
+        ("configuration", "Configuration", _configuration(a)),
+        ("environment", "Environment", _environment(a)),
+        ("health", "Trace health", _health(a)),
+    ]
+    return page(title or f"gpuscope report: {name}", f"gpuscope {__version__}, {created}", sections)
+
+
+def write_report(trace: Analysis | Trace | str | os.PathLike, out: str | os.PathLike, *, title: str | None = None,
+                 **analysis_options) -> Path:
+    """Write the report of a trace (a path, a Trace or an Analysis) to `out`; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_html(as_analysis(trace, **analysis_options), title=title), encoding="utf-8")
+    return out
+
+
+# -- comparison ------------------------------------------------------------------------------------------------------
+
+def compare_html(comparison, *, title: str | None = None) -> str:
+    """The report of a gpuscope.compare Comparison: verdicts, the before/after plot, and every table."""
+    from gpuscope.plots import before_after, step_time_vs_context
+
+    c = comparison
+    label_a, label_b = c.labels
+    verdicts = c.verdicts
+    if len(verdicts):
+        lines = "".join(f"<li class='verdict'>{esc(r.config)}, {r.n_tokens} token(s), context {r.context_from}+: "
+                        f"{esc(r.verdict)} by {abs(r.diff_pct):.1f}% (95% interval {r.ci_low_ns / 1e6:+.3g} to "
+                        f"{r.ci_high_ns / 1e6:+.3g} ms)</li>" for r in verdicts.itertuples())
+        summary = f"<ul>{lines}</ul>"
+    else:
+        summary = "<p>No step-time difference whose 95% interval excludes zero.</p>"
+    summary += pairs([(label_a, c.a.trace.path), (label_b, c.b.trace.path)])
+    n_tokens = 1 if (c.step_time["n_tokens"] == 1).any() else (int(c.step_time["n_tokens"].iloc[0])
+                                                                if len(c.step_time) else 1)
+    plots = figure_div(before_after(c.step_time, c.a.complete_steps, c.b.complete_steps, labels=c.labels,
+                                    n_tokens=n_tokens, title=f"{label_a} against {label_b}"))
+    for label, analysis in ((label_a, c.a), (label_b, c.b)):
+        plots += figure_div(step_time_vs_context(analysis.complete_steps, analysis.fits, analysis.floor,
+                                                 n_tokens=n_tokens, title=f"{label}: step time against context"))
+    sections = [("verdict", "Verdict", summary), ("plots", "Plots", plots)]
+    sections += [(f"table{i}", heading, table(frame)) for i, (heading, frame) in enumerate(c.sections())]
+    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return page(title or f"gpuscope compare: {label_a} / {label_b}", f"gpuscope {__version__}, {created}", sections)
+
+
+def write_compare_report(comparison, out: str | os.PathLike, *, title: str | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(compare_html(comparison, title=title), encoding="utf-8")
+    return out

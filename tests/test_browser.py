@@ -1,0 +1,142 @@
+"""In a real browser: the HTML report in headless Chromium with the network cut off (plots drawn, engine names shown
+as text, no script run from a name), and notebook 01 run in a real JupyterLab, its live dashboard seen updating.
+
+Opt-in (they need Chromium and playwright, which CI does not install): GPUSCOPE_BROWSER_TESTS=1 with
+`apt-get install chromium` and `pip install -e '.[browser]'`; GPUSCOPE_ARTIFACTS=DIR keeps the screenshots.
+About 1 minute."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gpuscope.report import find_browser, write_report
+
+pytestmark = pytest.mark.skipif(os.environ.get("GPUSCOPE_BROWSER_TESTS") != "1" or find_browser() is None,
+                                reason="opt-in: GPUSCOPE_BROWSER_TESTS=1 and Chrome/Chromium "
+                                       "(apt-get install chromium)")
+
+DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+MARKUP_NAME = "l_out<img/src=x/onerror=alert(1)>-2"
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    folder = Path(os.environ.get("GPUSCOPE_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=find_browser(),
+                                     args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        yield launched
+        launched.close()
+
+
+def test_report_in_headless_chromium_offline(browser, tmp_path, artifacts) -> None:
+    report = write_report(DATASETS / "cpu" / "cpu-markup-tensor-names.trace", tmp_path / "report.html")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    fetched, dialogs = [], []
+    # offline: anything but the file itself is refused (and noted)
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+               else (fetched.append(route.request.url), route.abort()))
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(report.as_uri())
+    figures = report.read_text().count("Plotly.newPlot(")
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {figures}")
+    assert page.locator(".js-plotly-plot").count() == figures
+    assert fetched == [] and dialogs == [] and page.locator("img").count() == 0
+    assert MARKUP_NAME in page.inner_text("#tables")  # the copies table shows the name as text
+    # plotly's hover label of the copy matrix cell RPC0 -> RPC1 names the tensor, as text
+    x, y = page.evaluate("""() => {
+        const matrix = [...document.querySelectorAll('.js-plotly-plot')].find(gd => gd.data[0].type === 'heatmap');
+        matrix.scrollIntoView();
+        const layout = matrix._fullLayout, box = matrix.getBoundingClientRect();
+        return [box.left + layout._size.l + layout.xaxis.d2p('RPC1'),
+                box.top + layout._size.t + layout.yaxis.d2p('RPC0')];
+    }""")
+    page.mouse.move(x, y)
+    hover = page.wait_for_selector(".hoverlayer .hovertext").text_content()
+    assert MARKUP_NAME in hover and dialogs == []
+    page.screenshot(path=str(artifacts / "report-markup.png"), full_page=True)
+    assert (artifacts / "report-markup.png").stat().st_size > 100_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """A JupyterLab server on a free port over tmp_path; yields its base URL and token."""
+    port, token = _free_port(), uuid.uuid4().hex
+    server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+                               "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+                               f"--ServerApp.root_dir={tmp_path}", "--allow-root"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
+            time.sleep(0.5)
+    try:
+        yield url, token
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_notebook_01_in_jupyterlab_shows_the_dashboard_updating(engine_build, gemma, browser, jupyterlab, tmp_path,
+                                                                artifacts) -> None:
+    import nbformat
+
+    from gpuscope.notebooks import notebook_path, with_parameters
+
+    url, token = jupyterlab
+    notebook = with_parameters(nbformat.read(notebook_path("01-diagnose-slow-decode"), as_version=4),
+                               {"depths": [0, 256, 512, 1024], "n_steps": 24})
+    nbformat.write(notebook, tmp_path / "01.ipynb")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/tree/01.ipynb?token={token}")
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached",
+                           timeout=60_000)  # the kernel has started
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    # the dashboard's step-time FigureWidget, kept in view (JupyterLab does not draw cells scrolled away): count
+    # its points while the sweep runs
+    dashboard = page.locator(".widget-vbox", has=page.locator(".widget-button", has_text="Stop")).first
+    dashboard.wait_for(state="attached", timeout=180_000)
+    dashboard.scroll_into_view_if_needed()
+    points = ".widget-vbox .js-plotly-plot .scatterlayer .point"
+    page.wait_for_function(f"document.querySelectorAll('{points}').length > 0", timeout=180_000)
+    first = page.locator(points).count()
+    page.screenshot(path=str(artifacts / "jupyterlab-dashboard-running.png"))
+    page.wait_for_function(f"document.querySelectorAll('{points}').length > {first}", timeout=120_000)
+    output = page.locator(".jp-OutputArea-output pre", has_text="gpuscope-summary:")
+    output.wait_for(timeout=300_000)
+    line = next(line for line in output.inner_text().splitlines() if line.startswith("gpuscope-summary:"))
+    summary = json.loads(line.removeprefix("gpuscope-summary:"))
+    final = page.locator(points).count()
+    assert first < final == summary["dashboard_points"] == summary["decode_steps"] == 4 * 24
+    assert summary["dashboard_refreshes_with_new_steps"] >= 3
+    dashboard.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "jupyterlab-dashboard-done.png"))

@@ -1,0 +1,51 @@
+"""The committed CPU datasets still say what datasets/README.md says they show (each was made for one problem), and
+every dataset opens, analyses and reports without an engine. About 15 s."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuscope.analysis import Analysis
+from gpuscope.plots import standard_figures
+
+DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+
+# trace -> the doctor's findings (id: severity), exactly
+EXPECTED = {
+    "cpu-sweep-gemma3": {},
+    "cpu-stacks-gemma3": {},
+    "cpu-sweep-split-configs": {"memory.split-imbalance": "warning"},
+    "cpu-lost-events": {"trace.lost-events": "critical"},
+    "cpu-graph-rebuilt": {"graph.rebuilt": "warning"},
+    "cpu-allocator-churn": {"allocator.churn": "warning", "graph.rebuilt": "warning"},
+    "cpu-eval-callback-syncs": {"sync.eval-callback": "warning"},
+    "cpu-kv-on-host-copies": {"copies.cross-device": "critical"},
+    "cpu-ops-off-device": {"placement.off-device": "info"},
+    "cpu-split-imbalance": {"memory.split-imbalance": "warning", "copies.cross-device": "critical",
+                            "placement.off-device": "info"},
+    "cpu-markup-tensor-names": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_cpu_dataset_shows_its_problem(name) -> None:
+    findings = {f.id: f.severity for f in Analysis(DATASETS / "cpu" / f"{name}.trace").findings}
+    assert findings == EXPECTED[name]
+
+
+def test_every_dataset_is_listed_and_small() -> None:
+    readme = (DATASETS / "README.md").read_text()
+    traces = sorted(DATASETS.glob("*/*.trace"))
+    assert {t.stem for t in DATASETS.glob("cpu/*.trace")} == set(EXPECTED)
+    for trace in traces:
+        assert f"`{trace.stem}`" in readme or f"`{trace.name}`" in readme, trace
+        assert sum(f.stat().st_size for f in trace.rglob("*") if f.is_file()) < 5_000_000, trace
+
+
+@pytest.mark.parametrize("name", ["cpu/cpu-sweep-split-configs", "h100-fa-routes/d160-fa1",
+                                  "traces/cpu-abort-mid-decode"])
+def test_datasets_open_without_an_engine(name) -> None:
+    analysis = Analysis(DATASETS / f"{name}.trace")
+    figures = standard_figures(analysis)
+    assert len(analysis.steps) and "step_time_vs_context" in figures

@@ -1,0 +1,102 @@
+"""The notebooks, executed top to bottom in a real Jupyter kernel (nbclient) with small parameters, and their outputs
+checked: what the summary cell found, the dashboards' widgets and plotly figures in the outputs, the files written.
+
+Time on 2 cores, engine builds cached: about 1.5 minutes for the four. Notebooks 03 and 04 need the
+`test-fixed-topology` build (the fix patch), which nothing else builds: the first run pays for it (minutes)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuscope.notebooks import NOTEBOOKS, notebooks_dir, run_notebook, summary_of
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def outputs(notebook, mimetype: str) -> int:
+    return sum(mimetype in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+def errors(notebook) -> list:
+    return [output for cell in notebook.cells for output in cell.get("outputs", [])
+            if output.get("output_type") == "error"]
+
+
+def execute(name: str, tmp_path: Path, **parameters):
+    notebook = run_notebook(name, parameters, cwd=tmp_path, out=tmp_path / f"{name}.ipynb")
+    assert errors(notebook) == []
+    return notebook, summary_of(notebook)
+
+
+def test_every_notebook_has_a_parameters_cell_and_no_outputs_committed() -> None:
+    import nbformat
+
+    for name in NOTEBOOKS:
+        notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+        tags = [cell.metadata.get("tags", []) for cell in notebook.cells]
+        assert sum("parameters" in t for t in tags) == 1, name
+        assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), name
+
+
+def test_01_diagnose_slow_decode(engine_build, gemma, tmp_path) -> None:
+    notebook, summary = execute("01-diagnose-slow-decode", tmp_path, depths=[0, 128], n_steps=12)
+    assert summary["decode_steps"] == 24 and summary["depths"] == [0, 128]
+    # the dashboard drew while the sweep ran, every decode step as a point
+    assert summary["dashboard_refreshes_with_new_steps"] >= 2
+    assert summary["dashboard_points"] == summary["decode_steps"]
+    assert summary["dashboard_memory_locations"] == ["CPU"]
+    assert {"step_time_vs_context", "step_breakdown", "memory_over_time"} <= set(summary["figures"])
+    assert outputs(notebook, WIDGET) == 1 and outputs(notebook, PLOTLY) == 3
+    report = Path(summary["report"])
+    assert report.is_file() and report.parent == tmp_path / "gpuscope-out"
+    page = report.read_text()
+    assert "Plotly.newPlot(" in page and all(f"<code>{finding}</code>" in page for finding in summary["findings"])
+    assert (tmp_path / "gpuscope-out" / "01-sweep.trace" / "meta.json").is_file()
+
+
+def test_02_split_configurations(engine_build, gemma, tmp_path) -> None:
+    notebook, summary = execute("02-split-configurations", tmp_path, depths=[0, 64], n_steps=6)
+    assert summary["measured"] == sorted(summary["configs"]) and len(summary["configs"]) == 5
+    assert sorted(summary["dashboard_series"]) == sorted(summary["configs"])
+    assert summary["dashboard_refreshes_with_new_steps"] >= 5
+    # the RPC configurations put weights on RPC devices; the layer split copies between them
+    assert "CPU" in summary["locations"] and any(loc.startswith("RPC") for loc in summary["locations"])
+    assert any(pair.startswith("RPC") and "->RPC" in pair for pair in summary["copy_pairs"])
+    assert "copy_matrix" in summary["figures"] and outputs(notebook, PLOTLY) >= 3
+    assert all(ms > 0 for ms in summary["median_ms"].values())
+
+
+def test_03_before_after_patch(engine_build, tmp_path) -> None:
+    notebook, summary = execute("03-before-after-patch", tmp_path, model="tiny", depths=[0, 64], n_steps=16,
+                                rounds=2)
+    reallocations = summary["reallocations_per_step"]
+    assert reallocations["before"] >= 0.4 and reallocations["after"] < reallocations["before"] / 4
+    assert summary["re_reserves_per_step"]["before"] >= 1
+    assert summary["findings"]["allocator.churn"] == "disappeared"
+    assert summary["verdicts"] and all(":" in v for v in summary["verdicts"])
+    assert Path(summary["report"]).is_file() and outputs(notebook, PLOTLY) == 1
+
+
+def test_04_speculative_decoding(engine_build, gemma, tmp_path) -> None:
+    notebook, summary = execute("04-speculative-decoding", tmp_path, n_tokens=48)
+    fixed, early = "0.0", "0.5"
+    assert summary["verify_lengths"][fixed] == [5]  # draft_max drafts + the last committed token
+    assert len(summary["verify_lengths"][early]) > 1
+    assert summary["acceptance"][fixed] > 0.5  # the same model drafts for itself
+    assert summary["graph_reuse"][fixed] > summary["graph_reuse"][early]
+    assert all(n >= 2 for n in summary["dashboard_refreshes_with_new_steps"].values())
+    churn = summary["reallocations_per_step"]
+    assert churn["fork harness"] >= 0.5 and churn["with the fix"] < churn["fork harness"] / 4
+    assert "allocator.churn" in summary["churn_findings"]["fork harness"]
+    assert "allocator.churn" not in summary["churn_findings"]["with the fix"]
+    assert outputs(notebook, WIDGET) == 2
+
+
+def test_a_failing_notebook_fails_the_run(tmp_path) -> None:
+    """A broken parameter fails the run with the notebook's own error instead of passing silently."""
+    from nbclient.exceptions import CellExecutionError
+
+    with pytest.raises(CellExecutionError, match="missing.gguf"):
+        run_notebook("01-diagnose-slow-decode", {"model": str(tmp_path / "missing.gguf")}, cwd=tmp_path)

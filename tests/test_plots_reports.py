@@ -1,0 +1,207 @@
+"""Plots and reports on real recorded traces (datasets/): every figure draws what the analysis says, every name
+from the engine stays text, and the HTML report is one self-contained file. No engine build needed (about 20 s)."""
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuscope.analysis import Analysis
+from gpuscope.compare.compare import compare
+from gpuscope.errors import StaticExportUnavailableError
+from gpuscope.plots import (before_after, copy_matrix, event_markers, fa_plan_table, memory_over_time,
+                            standard_figures, step_time_vs_context)
+from gpuscope.report import export_pdf, export_png, find_browser, write_compare_report, write_report
+
+DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+MARKUP_NAME = "l_out<img/src=x/onerror=alert(1)>-2"  # the test patch's layer output name, layer 2 (RPC0 -> RPC1)
+
+
+def dataset(name: str) -> Path:
+    for folder in ("cpu", "traces", "h100-fa-routes"):
+        if (DATASETS / folder / f"{name}.trace").is_dir():
+            return DATASETS / folder / f"{name}.trace"
+    raise FileNotFoundError(name)
+
+
+def strings_of(fig) -> list[str]:
+    """Every string plotly will draw as text: trace names, hover texts, table cells, tick labels."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(json.loads(fig.to_json()))
+    return found
+
+
+def test_step_time_plot_draws_every_step_fit_floor_and_event_markers() -> None:
+    a = Analysis(dataset("cpu-allocator-churn"))
+    steps = a.complete_steps
+    markers = event_markers(a.step_events, a.syncs, steps)
+    fig = step_time_vs_context(steps, a.fits, a.floor, markers)
+    decode = steps[steps["n_tokens"] == 1]
+    points = [t for t in fig.data if t.legendgroup == "llama-bench" and t.mode == "markers"]
+    assert sum(len(t.x) for t in points) == len(decode)
+    drawn = sorted(y for t in points for y in t.y)
+    assert np.allclose(drawn, sorted(decode["wall_ns"] / 1e6))
+    # the churn: every decode step re-reserves, with the 'realloc' syncs that costs
+    by_kind = {t.name: t for t in fig.data if t.legendgroup and t.legendgroup.startswith("event ")}
+    reserves = a.allocator.set_index("step").loc[decode["step"], "reserves"]
+    assert len(by_kind["re-reserve"].x) == int((reserves > 0).sum())
+    assert any("realloc" in h for h in by_kind["sync"].hovertext)
+    fit = a.fits[a.fits["n_tokens"] == 1].iloc[0]
+    line = next(t for t in fig.data if t.name == "fit: llama-bench")
+    assert line.y[0] == pytest.approx((fit.intercept_ns + fit.slope_ns_per_cell * fit.context_min) / 1e6)
+    assert fig.layout.xaxis.title.text.startswith("context") and "ms" in fig.layout.yaxis.title.text
+
+
+def test_bandwidth_floor_is_drawn_when_the_bandwidth_is_known() -> None:
+    a = Analysis(dataset("gpu-8b8l-fa-on"))  # H100, measured bandwidth in the trace
+    fig = step_time_vs_context(a.complete_steps, a.fits, a.floor)
+    floor = next(t for t in fig.data if t.name.startswith("bandwidth floor"))
+    decode_floor = a.floor[a.floor["n_tokens"] == 1].sort_values("context")
+    assert np.allclose(floor.y, decode_floor["floor_ns"] / 1e6)
+    assert (np.array(floor.y) < np.median(a.complete_steps["wall_ns"]) / 1e6).all()
+
+
+def test_memory_plot_holds_what_the_buffers_held_per_device() -> None:
+    a = Analysis(dataset("cpu-kv-on-host-copies"))
+    fig = memory_over_time(a.buffers)
+    panels = {annotation.text for annotation in fig.layout.annotations}
+    assert panels == set(a.buffers["location"])
+    # the KV cache was kept on the host (-nkvo): its peak on the CPU panel is the KV buffers' size
+    kv = a.buffers[(a.buffers["owner"] == "kv") & (a.buffers["location"] == "CPU")]
+    kv_trace = next(t for t in fig.data if t.name == "kv" and t.xaxis in ("x", "x1"))
+    assert max(kv_trace.y) == pytest.approx(kv["size"].sum() / 2**20)
+
+
+def test_fa_plan_table_shades_plans_without_a_kernel() -> None:
+    a = Analysis(dataset("gpu-tiny-kv-iq4nl"))
+    fig = fa_plan_table(a.fa_plans)
+    cells = fig.data[0].cells
+    kernels = list(cells.values[4])
+    assert "none" in kernels and "(1 with no kernel)" in fig.layout.title.text
+    fills = cells.fill.color[0]
+    assert [fill != "#ffffff" for fill in fills] == [k == "none" for k in kernels]
+
+
+def test_copy_matrix_is_source_by_destination_with_the_tensors_copied() -> None:
+    a = Analysis(dataset("cpu-kv-on-host-copies"))
+    fig = copy_matrix(a.copy_pairs)
+    heat = fig.data[0]
+    for row in a.copy_pairs.itertuples():
+        i, j = list(heat.y).index(row.src_device), list(heat.x).index(row.dst_device)
+        assert heat.z[i][j] == pytest.approx(row.time_per_step_ns / 1e6)
+    assert any("cache_k" in text for line in heat.hovertext for text in line)
+
+
+def test_flame_chart_adds_up_the_sampled_stacks() -> None:
+    from gpuscope.collectors.stacks import folded
+    from gpuscope.plots import cpu_flame
+
+    stacks = Analysis(dataset("cpu-stacks-gemma3")).trace.tables["cpu_stacks"]
+    icicle = cpu_flame(stacks, min_share=0.0).data[0]
+    values = dict(zip(icicle.ids, icicle.values))
+    total = int(folded(stacks)["samples"].sum())
+    assert sum(v for i, p, v in zip(icicle.ids, icicle.parents, icicle.values) if p == "") == total
+    # every frame holds at least what its callees hold, and the engine's CPU kernels are in there
+    assert all(values[p] >= v for p, v in zip(icicle.parents, icicle.values) if p)
+    assert any("ggml_compute_forward" in label for label in icicle.labels)
+    pruned = cpu_flame(stacks).data[0]  # frames under 0.5% of the samples are left out
+    assert len(pruned.ids) < len(icicle.ids)
+
+
+def test_before_after_draws_the_difference_and_its_interval() -> None:
+    a, b = Analysis(dataset("gpu-8b8l-fa-off")), Analysis(dataset("gpu-8b8l-fa-on"))
+    comparison = compare(a, b, labels=("FA off", "FA on"))
+    fig = before_after(comparison.step_time, a.complete_steps, b.complete_steps, labels=comparison.labels)
+    buckets = comparison.step_time[comparison.step_time["n_tokens"] == 1]
+    difference = next(t for t in fig.data if t.name == "difference")
+    assert np.allclose(difference.y, buckets["diff_ns"] / 1e6)
+    band = next(t for t in fig.data if t.fill == "toself")
+    assert np.allclose(sorted(band.y), sorted(np.concatenate([buckets["ci_low_ns"], buckets["ci_high_ns"]]) / 1e6))
+    assert all(v in " ".join(difference.hovertext) for v in buckets["verdict"])
+
+
+def test_engine_names_are_text_in_every_figure() -> None:
+    a = Analysis(dataset("cpu-markup-tensor-names"))
+    figures = standard_figures(a)
+    texts = [s for fig in figures.values() for s in strings_of(fig)]
+    assert any(html.escape(MARKUP_NAME, quote=False) in s for s in texts)
+    assert not any("<img" in s for s in texts)
+
+
+def test_report_is_self_contained_and_escapes_engine_names(tmp_path) -> None:
+    out = write_report(dataset("cpu-markup-tensor-names"), tmp_path / "report.html")
+    page = out.read_text()
+    assert "<img" not in page and "onerror=alert(1)>" not in page
+    assert html.escape(MARKUP_NAME, quote=False) in page  # the copy table shows the name, as text
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=", page)  # nothing fetched: plotly.js is inlined
+    assert page.count("Plotly.newPlot(") == len(standard_figures(Analysis(dataset("cpu-markup-tensor-names"))))
+    for heading in ("Summary", "Findings", "Plots", "Configuration", "Environment", "Trace health"):
+        assert f">{heading}</h2>" in page
+    assert "test-markup-names" in page and "markup-tensor-name.diff" in page  # the build and its patch
+
+
+def test_report_lists_findings_with_their_evidence(tmp_path) -> None:
+    a = Analysis(dataset("cpu-eval-callback-syncs"))
+    page = write_report(a, tmp_path / "r.html").read_text()
+    finding = a.findings[0]
+    assert finding.id == "sync.eval-callback"
+    assert f"<code>{finding.id}</code>" in page and "Likely cause:" in page
+    assert str(finding.evidence["syncs_per_step"]) in page
+
+
+def test_report_cli_and_its_errors(tmp_path) -> None:
+    out = tmp_path / "cli.html"
+    done = subprocess.run([sys.executable, "-m", "gpuscope.cli", "report", str(dataset("cpu-sweep-gemma3")), "-o",
+                           str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"report: {out.resolve()}" in done.stdout and out.stat().st_size > 1_000_000
+    bad = subprocess.run([sys.executable, "-m", "gpuscope.cli", "report", str(tmp_path), "-o", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a gpuscope trace" in bad.stderr
+
+
+def test_compare_cli_writes_the_compare_report(tmp_path) -> None:
+    out = tmp_path / "compare.html"
+    done = subprocess.run([sys.executable, "-m", "gpuscope.cli", "compare", str(dataset("gpu-8b8l-fa-off")),
+                           str(dataset("gpu-8b8l-fa-on")), "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = out.read_text()
+    assert "B faster" in page and page.count("Plotly.newPlot(") == 3 and ">Verdict</h2>" in page
+
+
+def test_static_export_says_what_is_missing_without_a_browser(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GPUSCOPE_BROWSER", str(tmp_path / "no-such-browser"))
+    figures = standard_figures(Analysis(dataset("cpu-sweep-gemma3")))
+    with pytest.raises(StaticExportUnavailableError, match="apt-get install chromium"):
+        export_png(figures, tmp_path)
+    with pytest.raises(StaticExportUnavailableError, match="needs a Chrome or Chromium browser"):
+        export_pdf(tmp_path / "r.html", tmp_path / "r.pdf")
+
+
+@pytest.mark.skipif(find_browser() is None, reason="PNG/PDF export needs Chrome or Chromium (apt-get install chromium)")
+def test_png_and_pdf_through_the_browser(tmp_path) -> None:
+    analysis = Analysis(dataset("cpu-sweep-gemma3"))
+    written = export_png({"steps": standard_figures(analysis)["step_time_vs_context"]}, tmp_path)
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = write_report(analysis, tmp_path / "r.html")
+    pdf = export_pdf(html, tmp_path / "r.pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 20_000
+    compare_page = write_compare_report(compare(analysis, analysis), tmp_path / "c.html")
+    assert "No step-time difference" in compare_page.read_text()
