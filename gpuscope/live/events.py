@@ -10,8 +10,7 @@ import pandas as pd
 
 from gpuscope.analysis.memory import buffer_lifetimes
 from gpuscope.analysis.steps import step_table
-from gpuscope.errors import RingError
-from gpuscope.ring.reader import RingReader
+from gpuscope.ring.reader import RingReader, open_when_ready
 from gpuscope.trace.model import Trace
 
 MAPPED = " (mapped file)"
@@ -41,11 +40,8 @@ class RingEvents:
     def poll(self) -> int:
         """Read what was committed since the last poll; returns the number of new events."""
         if self.reader is None:
-            if not self.path.exists():
-                return 0
-            try:
-                self.reader = RingReader(self.path)
-            except RingError:  # the writer is still writing the header
+            self.reader = open_when_ready(self.path)
+            if self.reader is None:
                 return 0
         records = self.reader.drain()
         kinds = self.reader.schema.kinds

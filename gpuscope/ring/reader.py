@@ -293,6 +293,16 @@ class RingReader:
         self.close()
 
 
+def open_when_ready(path: Path) -> RingReader | None:
+    """A reader for a ring a writer creates lazily: None while the file or its header does not exist yet."""
+    if not path.exists():
+        return None
+    try:
+        return RingReader(path)
+    except NotARingError:  # the writer is still writing the header
+        return None
+
+
 def _categorical(codes: np.ndarray, resolve) -> pd.Categorical:
     """Resolve a column of small-cardinality ids through `resolve` once per distinct id."""
     inverse, unique = pd.factorize(codes)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from gpuscope import __version__
-from gpuscope.errors import GpuscopeError, RingError
-from gpuscope.ring.reader import RingReader
+from gpuscope.errors import GpuscopeError
+from gpuscope.ring.reader import RingReader, open_when_ready
 from gpuscope.trace.model import Trace, save_trace
 
 # The symbol every patched build exports from ggml-base (or from a static program itself).
@@ -86,11 +86,8 @@ class RingCollector:
     def poll(self) -> int:
         """Drain what is there now; returns the records taken."""
         if self.reader is None:
-            if not self.path.exists():
-                return 0
-            try:
-                self.reader = RingReader(self.path)
-            except RingError:  # header still being written
+            self.reader = open_when_ready(self.path)
+            if self.reader is None:
                 return 0
         batch = self.reader.drain()
         if batch.size:
