@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from gpuscope.errors import ReportError
+from gpuscope.paths import shipped_dir
 
 NOTEBOOKS = ("01-diagnose-slow-decode", "02-split-configurations", "03-before-after-patch",
              "04-speculative-decoding")
@@ -19,12 +20,11 @@ SUMMARY_MARKER = "gpuscope-summary:"  # the last line a notebook prints: what it
 
 
 def notebooks_dir() -> Path:
-    """The repository's notebooks/ in an editable install, else the copy shipped in the wheel."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package.parent / "notebooks", package / "_notebooks"):
-        if (candidate / f"{NOTEBOOKS[0]}.ipynb").is_file():
-            return candidate
-    raise ReportError(f"gpuscope's notebooks are not next to {package} (a broken installation)")
+    """The notebooks, shipped with the package."""
+    try:
+        return shipped_dir("notebooks", f"{NOTEBOOKS[0]}.ipynb")
+    except FileNotFoundError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def notebook_path(name: str | os.PathLike) -> Path:

@@ -41,6 +41,7 @@ enum gpuscope_kind {
     GPUSCOPE_KIND_SPLIT_BEGIN      = 14, /* scheduler split starts */
     GPUSCOPE_KIND_SPLIT_END        = 15, /* scheduler split submitted */
     GPUSCOPE_KIND_COPY             = 16, /* cross-backend input copy */
+    GPUSCOPE_KIND_META_PART        = 17, /* tensor split: one device's part of a subgraph submitted */
 };
 
 enum gpuscope_realloc_reason {
@@ -117,6 +118,8 @@ enum gpuscope_copy_mode {
     GPUSCOPE_COPY_BLOCKING    = 2, /* backend has no async copy: blocking fallback */
     GPUSCOPE_COPY_MOE_PARTIAL = 3, /* only the used experts were copied */
     GPUSCOPE_COPY_USER_INPUT  = 4, /* user input tensor copied to the split backend */
+    GPUSCOPE_COPY_ALLREDUCE   = 5, /* tensor split: the backend's collective all-reduce (NCCL), one record per device */
+    GPUSCOPE_COPY_REDUCE_STEP = 6, /* tensor split: generic all-reduce, one device's partial sum pushed to another */
 };
 
 /* The record every event travels in: 24-byte header + 40-byte payload. */
@@ -284,5 +287,14 @@ typedef struct gpuscope_ev_copy {
     int16_t  dst_device;           // device
     uint8_t  mode;                 // enum: copy_mode
 } gpuscope_ev_copy;
+
+typedef struct gpuscope_ev_meta_part {
+    uint64_t meta;                 /* the meta backend's context */
+    uint64_t duration_ns;          /* host time to submit this device's part */
+    uint32_t subgraph;
+    uint32_t n_subgraphs;
+    uint32_t n_nodes;
+    uint32_t backend;              // string
+} gpuscope_ev_meta_part;
 
 #endif /* GPUSCOPE_EVENTS_H */

@@ -316,6 +316,36 @@ void gpuscope_copy_done(const struct ggml_tensor * tensor, uint64_t bytes, uint8
     GPUSCOPE_EMIT(GPUSCOPE_KIND_COPY, ev.dst_device, ev);
 }
 
+void gpuscope_meta_part_done(const void * meta, size_t subgraph, size_t n_subgraphs, ggml_backend_t backend,
+                             int n_nodes, int64_t t_begin) {
+    gpuscope_ev_meta_part ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.meta        = (uint64_t)(uintptr_t)meta;
+    ev.duration_ns = (uint64_t)(gpuscope_now_ns() - t_begin);
+    ev.subgraph    = (uint32_t)subgraph;
+    ev.n_subgraphs = (uint32_t)n_subgraphs;
+    ev.n_nodes     = (uint32_t)n_nodes;
+    ev.backend     = gpuscope_intern(ggml_backend_name(backend));
+    GPUSCOPE_EMIT(GPUSCOPE_KIND_META_PART, gpuscope_backend_index(backend), ev);
+}
+
+void gpuscope_allreduce_done(struct ggml_tensor * const * nodes, const ggml_backend_t * backends, size_t n,
+                             int64_t t_begin) {
+    const uint64_t share = n > 0 ? (uint64_t)(gpuscope_now_ns() - t_begin) / n : 0;
+    for (size_t j = 0; j < n; j++) {
+        gpuscope_ev_copy ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.bytes       = ggml_nbytes(nodes[j]);
+        ev.duration_ns = share;
+        ev.tensor      = gpuscope_intern(nodes[j]->name);
+        ev.split_id    = tl_split_id;
+        ev.src_device  = gpuscope_backend_index(backends[j]);
+        ev.dst_device  = gpuscope_backend_index(backends[(j + 1) % n]);
+        ev.mode        = GPUSCOPE_COPY_ALLREDUCE;
+        GPUSCOPE_EMIT(GPUSCOPE_KIND_COPY, ev.dst_device, ev);
+    }
+}
+
 /* ---- placement and FlashAttention routes -------------------------------- */
 
 /* Layer index from llama.cpp's "<name>-<il>" tensor names, -1 when there is none. */

@@ -77,6 +77,13 @@ void    gpuscope_eval_view(bool needed);
 void    gpuscope_copy_done(const struct ggml_tensor * tensor, uint64_t bytes, uint8_t mode,
                            ggml_backend_t src, ggml_backend_t dst, int64_t t_begin);
 
+/* Tensor split (the meta backend): one device's part of a subgraph submitted, and one collective all-reduce of
+ * nodes[j] on backends[j] (a COPY per device towards the next one, the call's host time shared among them). */
+void    gpuscope_meta_part_done(const void * meta, size_t subgraph, size_t n_subgraphs, ggml_backend_t backend,
+                                int n_nodes, int64_t t_begin);
+void    gpuscope_allreduce_done(struct ggml_tensor * const * nodes, const ggml_backend_t * backends, size_t n,
+                                int64_t t_begin);
+
 /* ---- placement and FlashAttention routes -------------------------------- */
 
 /* Ops of `graph` that the scheduler placed on another device than their layer's
@@ -180,6 +187,26 @@ struct gpuscope_copy_scope {
     const ggml_backend_t       src;
     const ggml_backend_t       dst;
     const int64_t              t_begin;
+};
+
+/* One device's part of a meta backend's subgraph: META_PART when the iteration ends. */
+struct gpuscope_meta_part_scope {
+    gpuscope_meta_part_scope(const void * meta, size_t subgraph, size_t n_subgraphs, ggml_backend_t backend,
+                             int n_nodes)
+        : active(GPUSCOPE_ENABLED()), meta(meta), subgraph(subgraph), n_subgraphs(n_subgraphs), backend(backend),
+          n_nodes(n_nodes), t_begin(active ? gpuscope_now_ns() : 0) {}
+    ~gpuscope_meta_part_scope() {
+        if (active) gpuscope_meta_part_done(meta, subgraph, n_subgraphs, backend, n_nodes, t_begin);
+    }
+    gpuscope_meta_part_scope(const gpuscope_meta_part_scope &) = delete;
+    gpuscope_meta_part_scope & operator=(const gpuscope_meta_part_scope &) = delete;
+    const bool           active;
+    const void *         meta;
+    const size_t         subgraph;
+    const size_t         n_subgraphs;
+    const ggml_backend_t backend;
+    const int            n_nodes;
+    const int64_t        t_begin;
 };
 
 /* A scheduler re-reserve: syncs tagged REALLOC, SCHED_RESERVE when the scope ends.

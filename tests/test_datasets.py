@@ -28,6 +28,30 @@ EXPECTED = {
 }
 
 
+# two H200s: the doctor finds the placement made on purpose (-nkvo) and nothing in the plain splits
+EXPECTED_TWO_GPUS = {
+    "x2-sm-none": {}, "x2-sm-layer-ts1-1": {}, "x2-sm-layer-ts3-1": {}, "x2-sm-layer-ts1-1-pp-off": {},
+    "x2-sm-tensor": {}, "x2-kernels-layer": {},
+    "x2-sm-layer-nkvo": {"copies.cross-device": "critical"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TWO_GPUS))
+def test_two_gpu_dataset_findings(name) -> None:
+    findings = {f.id: f.severity for f in Analysis(DATASETS / "h200x2-splits" / f"{name}.trace").findings}
+    assert findings == EXPECTED_TWO_GPUS[name]
+
+
+def test_two_gpu_layer_split_places_weights_as_asked() -> None:
+    """-ts 3/1 puts about three quarters of the weights on the first GPU, and both GPUs hold their layers' KV."""
+    analysis = Analysis(DATASETS / "h200x2-splits" / "x2-sm-layer-ts3-1.trace")
+    share = analysis.split_imbalance.set_index("location")["share"]
+    assert share["CUDA0"] == pytest.approx(0.75, abs=0.03) and share["CUDA1"] == pytest.approx(0.25, abs=0.03)
+    placed = analysis.memory_placement
+    kv = placed[placed["owner"] == "kv"].groupby("location")["bytes"].sum()
+    assert kv["CUDA0"] > 3 * kv["CUDA1"] * 0.9 and kv["CUDA1"] > 0
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_cpu_dataset_shows_its_problem(name) -> None:
     findings = {f.id: f.severity for f in Analysis(DATASETS / "cpu" / f"{name}.trace").findings}

@@ -230,6 +230,40 @@ def test_two_rpc_devices_buffers_copies_and_placement(engine: Build, tiny_model:
     assert all(name.endswith(f"-{layer}") for name, layer in zip(placement["tensor"], placement["layer"]))
 
 
+def test_tensor_split_parts_and_allreduces_inside_the_meta_backend(engine: Build, tiny_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """`-sm tensor` runs one scheduler split on the meta backend; its per-device work is recorded inside it."""
+    servers = [RpcServer(engine, tmp_path / f"server{i}.ring") for i in range(2)]
+    try:
+        run = run_recorded(engine.program("llama-bench"),
+                           ["-m", str(tiny_model), "--rpc", ",".join(s.endpoint for s in servers), "-ngl", "99",
+                            "-sm", "tensor", "-fa", "1", "-p", "0", "-n", "4", "-r", "1", "-t", THREADS],
+                           tmp_path / "tensor.ring")
+    finally:
+        for server in servers:
+            server.stop()
+
+    assert run["split_begin"]["backend"].astype(str).str.startswith("Meta(").any()
+    parts = run["meta_part"]
+    devices = parts["device"].astype(str)
+    assert set(devices) == {"RPC0", "RPC1"}
+    assert (devices == "RPC0").sum() == (devices == "RPC1").sum()  # every subgraph goes to both devices
+    assert (parts["n_nodes"] > 0).all() and (parts["subgraph"] < parts["n_subgraphs"]).all()
+    assert (parts["n_subgraphs"] > 1).all()  # a llama layer needs at least one all-reduce
+
+    copies = run["copy"]
+    # RPC devices have no collective: every all-reduce takes the generic path, partial sums pushed both ways
+    assert "allreduce" not in set(copies["mode"].astype(str))
+    pushes = copies[copies["mode"].astype(str) == "reduce_step"]
+    routes = set(pushes["src_device"].astype(str) + "->" + pushes["dst_device"].astype(str))
+    assert routes == {"RPC0->RPC1", "RPC1->RPC0"}
+    assert (pushes["bytes"] > 0).all()
+    # one all-reduce between consecutive subgraphs of every graph the meta backend computed
+    computes = parts[parts["subgraph"] == 0]
+    boundaries = int((computes["n_subgraphs"] - 1).sum()) // 2
+    assert len(pushes) == 2 * boundaries
+
+
 def test_alternating_topologies_reallocate_with_their_reason(alternating_engine: Build, tiny_model: Path,
                                                              tmp_path: Path) -> None:
     server = RpcServer(alternating_engine, tmp_path / "server.ring")

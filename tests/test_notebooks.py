@@ -66,6 +66,11 @@ def test_02_split_configurations(engine_build, gemma, tmp_path) -> None:
     assert any(pair.startswith("RPC") and "->RPC" in pair for pair in summary["copy_pairs"])
     assert "copy_matrix" in summary["figures"] and outputs(notebook, PLOTLY) >= 3
     assert all(ms > 0 for ms in summary["median_ms"].values())
+    # the two-GPU section reads the H200 traces: the doctor finds the placement made on purpose, and nothing else
+    assert summary["gpu_findings"]["x2-sm-layer-nkvo"] == ["copies.cross-device"]
+    assert not any(ids for run, ids in summary["gpu_findings"].items() if run != "x2-sm-layer-nkvo")
+    assert summary["gpu_busy_devices"] == ["CUDA0", "CUDA1"] and 0.2 < summary["gpu_busy_fraction"] < 0.8
+    assert summary["gpu_weight_share_ts3_1"]["CUDA0"] > 0.7  # -ts 3/1 asked for 75%
 
 
 def test_03_before_after_patch(engine_build, tmp_path) -> None:

@@ -2,7 +2,9 @@
 and time, and which layers' tensors cross devices every step.
 
 A layer split needs a few copies per step at each device boundary (the hidden state, positions, the mask). A
-buffer kept on one device but used by layers on another shows up as copies of many layers' tensors every step."""
+buffer kept on one device but used by layers on another shows up as copies of many layers' tensors every step. A
+tensor split (the meta backend) all-reduces every layer's partial results between its devices: those copies are
+the split's own price, counted apart from placement copies (`collective_*` columns)."""
 from __future__ import annotations
 
 import re
@@ -17,6 +19,8 @@ from gpuscope.analysis.steps import assign_steps
 # 'cache_k_l<il>' / 'cache_v_l<il>', weights 'blk.<il>.<name>', 'token_embd.weight', 'output.weight'
 _LAYER = re.compile(r"^(?:cache_[kv]_l(\d+)|blk\.(\d+)\.|[^ ]*?-(\d+)(?:$| ))")
 _STORED = re.compile(r"^(?:cache_[kv]_l\d+|blk\.\d+\.|token_embd\.|output(?:_norm)?\.)")
+# copy modes of a tensor split's all-reduces (enum gpuscope_copy_mode)
+COLLECTIVE_MODES = ("allreduce", "reduce_step")
 
 
 def _layer_of(name: str) -> int:
@@ -47,6 +51,19 @@ def splits_per_step(steps: pd.DataFrame, split_begin: pd.DataFrame) -> pd.DataFr
     return table.reset_index()
 
 
+def meta_parts_per_step(steps: pd.DataFrame, meta_part: pd.DataFrame) -> pd.DataFrame:
+    """Per step and device of a tensor split: the parts of subgraphs submitted, their nodes and host submit time."""
+    columns = ["step", "device", "parts", "nodes", "submit_ns"]
+    if not len(meta_part):
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame({"step": assign_steps(meta_part, steps), "device": text(meta_part["device"]).array,
+                          "nodes": meta_part["n_nodes"].to_numpy(np.int64),
+                          "duration_ns": meta_part["duration_ns"].to_numpy(np.int64)})
+    frame = frame[frame["step"] >= 0]
+    return frame.groupby(["step", "device"]).agg(
+        parts=("nodes", "size"), nodes=("nodes", "sum"), submit_ns=("duration_ns", "sum")).reset_index()[columns]
+
+
 def copy_events(steps: pd.DataFrame, copy: pd.DataFrame) -> pd.DataFrame:
     """The copy events with their step and the layer of the copied tensor."""
     columns = ["seq", "step", "src_device", "dst_device", "tensor", "layer", "stored", "bytes", "duration_ns", "mode"]
@@ -75,11 +92,14 @@ def per_step(steps: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFrame:
     """Per step: copies, bytes, time; distinct layers whose tensors were copied; copies of stored tensors (KV
     cache, weights) and the time of every copy for the layers whose stored tensors crossed devices."""
     index = pd.Index(steps["step"].to_numpy(np.int64), name="step")
-    columns = ["copies", "bytes", "time_ns", "layers_copied", "stored_copies", "stored_bytes", "foreign_layer_time_ns"]
+    columns = ["copies", "bytes", "time_ns", "layers_copied", "stored_copies", "stored_bytes", "foreign_layer_time_ns",
+               "collective_copies", "collective_bytes", "collective_time_ns"]
     inside = copies[copies["step"] >= 0]
     if not len(inside):
         return pd.DataFrame(0, index=index, columns=columns).reset_index()
     grouped = inside.groupby("step")
+    collective = inside[inside["mode"].isin(COLLECTIVE_MODES).to_numpy(bool)]
+    inside = inside.drop(collective.index)  # what follows speaks of placement
     stored = inside[inside["stored"].to_numpy(bool)]
     foreign_layers = stored.loc[stored["layer"] >= 0, ["step", "layer"]].drop_duplicates()
     for_foreign = inside.merge(foreign_layers, on=["step", "layer"], how="inner")
@@ -89,6 +109,9 @@ def per_step(steps: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFrame:
         "layers_copied": inside[inside["layer"] >= 0].groupby("step")["layer"].nunique(),
         "stored_copies": stored.groupby("step").size(), "stored_bytes": stored.groupby("step")["bytes"].sum(),
         "foreign_layer_time_ns": for_foreign.groupby("step")["duration_ns"].sum(),
+        "collective_copies": collective.groupby("step").size(),
+        "collective_bytes": collective.groupby("step")["bytes"].sum(),
+        "collective_time_ns": collective.groupby("step")["duration_ns"].sum(),
     }).reindex(index, fill_value=0).fillna(0).astype(np.int64)
     return out.reset_index()
 

@@ -239,6 +239,11 @@ class Analysis:
     def splits(self) -> pd.DataFrame:
         return copies.splits_per_step(self.steps, self.table("split_begin"))
 
+    @functools.cached_property
+    def meta_parts(self) -> pd.DataFrame:
+        """Tensor split: each device's parts of the meta backend's subgraphs per step."""
+        return copies.meta_parts_per_step(self.steps, self.table("meta_part"))
+
     # -- health ------------------------------------------------------------------------------------------------------
 
     @functools.cached_property

@@ -48,7 +48,7 @@ def _collect_kernels(args) -> int:
 
 def _print_kernel_summary(trace) -> None:
     from gpuscope.collectors.kernel_table import (fa_kernels_by_route, fa_route_summary, family_time_per_step,
-                                                  gpu_busy_per_step)
+                                                  gpu_busy_per_step, profiled_windows)
 
     kernels, steps = trace.tables["kernels"], trace.tables["steps"]
     profiled = steps[steps.get("kernel_profiler", "on") == "on"] if "kernel_profiler" in steps else steps
@@ -68,7 +68,8 @@ def _print_kernel_summary(trace) -> None:
         print(per_depth.groupby(["device", "depth"])[["busy_fraction", "max_gap_ns"]].median().to_string())
         families = family_time_per_step(kernels, decode).groupby(["family", "fa_kind"])["time_ns"].sum()
         print((families / families.sum()).sort_values(ascending=False).round(3).to_string())
-    matched = fa_kernels_by_route(kernels, trace.tables.get("fa_plan", kernels.iloc[:0]))
+    matched = fa_kernels_by_route(kernels, trace.tables.get("fa_plan", kernels.iloc[:0]),
+                                  profiled_windows(trace.meta))
     if len(matched):
         print(fa_route_summary(matched, kernels).to_string(index=False))
 

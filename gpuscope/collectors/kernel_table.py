@@ -199,11 +199,20 @@ def family_time_per_step(kernels: pd.DataFrame, steps: pd.DataFrame) -> pd.DataF
             .agg(n_activities=("time_ns", "size"), time_ns=("time_ns", "sum")).reset_index())
 
 
-def fa_kernels_by_route(kernels: pd.DataFrame, fa_plan: pd.DataFrame) -> pd.DataFrame:
+def profiled_windows(meta: dict) -> list[tuple[int, int]]:
+    """The (from, to) CLOCK_MONOTONIC spans the kernel profiler ran, from a trace's metadata."""
+    return [(int(m["profiled_from_ns"]), int(m["profiled_to_ns"])) for m in meta.get("kernels", {}).values()
+            if "profiled_from_ns" in m and "profiled_to_ns" in m]
+
+
+def fa_kernels_by_route(kernels: pd.DataFrame, fa_plan: pd.DataFrame,
+                        profiled: list[tuple[int, int]] | None = None) -> pd.DataFrame:
     """Each FlashAttention plan the engine made at compute time, with the first FA kernel that started on its
     device after it (the launch that plan chose): `launched` (kernel base name), `launched_kind`, and `agrees`
     (the launched kind is the planned one). The hooks record a plan once per distinct selection, so this is one
-    row per distinct plan occurrence, not per launch."""
+    row per distinct plan occurrence, not per launch. With `profiled` (profiled_windows(meta)), only plans made
+    while the profiler ran are matched: a plan made before it (an unprofiled pass over the same shapes) is not
+    recorded again, and its launch was never profiled."""
     columns = ["seq", "ts_ns", "device", "kernel", "q_tokens", "n_kv", "head_dim_k", "type_k", "type_v",
                "launched", "launched_name", "launched_kind", "launched_ts_ns", "agrees"]
     if not len(fa_plan):
@@ -214,6 +223,13 @@ def fa_kernels_by_route(kernels: pd.DataFrame, fa_plan: pd.DataFrame) -> pd.Data
         return pd.DataFrame(columns=columns)
     plans["device"] = plans["device"].astype(str)
     plans["ts_ns"] = plans["ts_ns"].astype(np.int64)
+    if profiled is not None:
+        inside = np.zeros(len(plans), bool)
+        for begin, end in profiled:
+            inside |= plans["ts_ns"].between(begin, end).to_numpy()
+        plans = plans[inside]
+        if not len(plans):
+            return pd.DataFrame(columns=columns)
     plans = plans.sort_values("ts_ns")
     launched = pd.DataFrame({"launched_ts_ns": fa["ts_ns"].astype(np.int64), "device": fa["device"].astype(str),
                              "launched": fa["kernel"].astype(str), "launched_name": fa["name"].astype(str),

@@ -303,7 +303,8 @@ def cross_device_copies(a) -> list[Finding]:
     if not stored_pattern and not layer_pattern:
         return []
     wall = float(steps.set_index("step")["wall_ns"].reindex(per_step["step"]).sum())
-    at_stake = float(per_step["foreign_layer_time_ns"].sum() if stored_pattern else per_step["time_ns"].sum())
+    at_stake = float(per_step["foreign_layer_time_ns"].sum() if stored_pattern
+                     else (per_step["time_ns"] - per_step["collective_time_ns"]).sum())
     share = at_stake / wall if wall else None
     if share is None or share < 0.05:
         return []

@@ -164,6 +164,14 @@ class RingReader:
 
     # -- records ------------------------------------------------------------------------------------------------
 
+    def skip_to(self, ticket: int) -> None:
+        """Read from `ticket` on (a write cursor taken earlier, see `status.written`): the records before it belong
+        to someone else (an earlier session on the same engine) and are neither read nor counted as lost."""
+        cursor = int(self._live_header()["write_cursor"])
+        if not 0 <= ticket <= cursor:
+            raise ValueError(f"ticket {ticket} is not between 0 and the write cursor {cursor}")
+        self._next_ticket = max(self._next_ticket, ticket)
+
     def drain(self, max_records: int | None = None) -> np.ndarray:
         """Committed records since the last drain, in ticket order, as a structured array (raw records)."""
         h = self._live_header()

@@ -247,10 +247,26 @@ def load_binding(build: EngineBuild):
                 f"this process already loaded {loaded}; a process can load one libllama, so {build.library} "
                 "cannot be loaded beside it: run this build in a worker process (Session(..., isolate=True))")
         return sys.modules["llama_cpp.llama_cpp"]
+    _cxx_runtime_global()
     os.environ["LLAMA_CPP_LIB_PATH"] = str(build.bin_dir)
     import llama_cpp.llama_cpp as llama  # noqa: PLC0415 (loads the library: only after the check)
 
     return llama
+
+
+def _cxx_runtime_global() -> None:
+    """Put the C++ runtime in the process's global symbol scope before libllama loads.
+
+    ctypes loads libllama with RTLD_LOCAL into a Python that links no libstdc++, so libllama's C++ symbols are then
+    looked up through its own dependencies, breadth first. A CUDA build's libggml-cuda exports copies of some
+    libstdc++ templates (`std::ostream::_M_insert<long>`), and those were picked over libstdc++'s: on two H200s
+    every in-process load died with SIGSEGV in `llama_model::print_info` while llama-bench, which links libstdc++
+    itself, ran. With libstdc++ global first (what LD_PRELOAD of it also fixed), the lookup finds the real one.
+    """
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        pass  # no libstdc++ on the search path: libllama's own DT_NEEDED then fails with the loader's message
 
 
 def _binding_version() -> str:

@@ -5,7 +5,7 @@ while the ring is read live.
     with Session(model=path, config=SplitConfig(devices=["rpc:0", "rpc:1"])) as s:
         s.fill(512)                 # context to depth 512
         s.decode([s.argmax()])      # one step, timed from decode entry to synchronized end
-        s.ring.read_all()           # the engine's events so far (live reader of this process's ring)
+        s.ring.read_all()           # the events since this session opened (a live reader of the ring)
         trace = s.trace()           # steps + events of this process and its RPC servers
 
 One process loads one libllama and writes one ring; sessions in the same process share both (one at a time is
@@ -275,6 +275,9 @@ class Session:
         self._main = RingCollector(self.engine.ring_path)
         if collect_events:
             self._main.skip_existing()
+        # the engine (and its ring) outlives sessions in one process: this session's live view starts here
+        with RingReader(self.engine.ring_path) as opening:
+            self._ring_start = opening.status.written
         self._ring_reader: RingReader | None = None
         atexit.register(self.close)
         try:
@@ -350,9 +353,11 @@ class Session:
 
     @property
     def ring(self) -> RingReader:
-        """A live reader of this process's ring (its own cursor: reading it does not take events from traces)."""
+        """A live reader of this process's ring from this session's opening on (its own cursor: reading it does not
+        take events from traces)."""
         if self._ring_reader is None:
             self._ring_reader = RingReader(self.engine.ring_path)
+            self._ring_reader.skip_to(self._ring_start)
         return self._ring_reader
 
     def processes(self) -> dict[str, dict]:
