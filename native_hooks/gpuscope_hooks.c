@@ -71,6 +71,15 @@ static void sync_ring_state(void) {
     pthread_mutex_unlock(&ring_state_mutex);
 }
 
+void gpuscope_plans_forget(void) {
+    sync_ring_state();
+    pthread_mutex_lock(&ring_state_mutex);
+    for (size_t i = 0; i < DEDUPE_SLOTS; i++) {
+        __atomic_store_n(&dedupe_slots[i], 0, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&ring_state_mutex);
+}
+
 /* True the first time `key` is seen with this ring. A full probe window
  * reports again rather than hiding an event. */
 static bool first_sighting(uint64_t key) {

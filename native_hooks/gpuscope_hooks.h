@@ -37,6 +37,10 @@ void    gpuscope_sync_reason_restore(uint8_t previous);
 uint8_t gpuscope_owner_set(uint8_t owner);
 void    gpuscope_owner_restore(uint8_t previous);
 
+/* FA plans and op placements are reported once per ring; forget those reported so far, so that the next ones
+ * are reported again (a kernel profiler starting: its launches are matched to the plans made while it runs). */
+void gpuscope_plans_forget(void);
+
 /* ---- devices -------------------------------------------------------------- */
 
 /* Ring device index of a ggml device (NULL: the CPU, as for CPU buffer types);

@@ -31,7 +31,7 @@ EXPECTED = {
 # two H200s: the doctor finds the placement made on purpose (-nkvo) and nothing in the plain splits
 EXPECTED_TWO_GPUS = {
     "x2-sm-none": {}, "x2-sm-layer-ts1-1": {}, "x2-sm-layer-ts3-1": {}, "x2-sm-layer-ts1-1-pp-off": {},
-    "x2-sm-tensor": {}, "x2-kernels-layer": {},
+    "x2-sm-tensor": {}, "x2-kernels-layer": {}, "x2-kernels-tensor": {},
     "x2-sm-layer-nkvo": {"copies.cross-device": "critical"},
 }
 
@@ -50,6 +50,21 @@ def test_two_gpu_layer_split_places_weights_as_asked() -> None:
     placed = analysis.memory_placement
     kv = placed[placed["owner"] == "kv"].groupby("location")["bytes"].sum()
     assert kv["CUDA0"] > 3 * kv["CUDA1"] * 0.9 and kv["CUDA1"] > 0
+
+
+def test_two_gpu_tensor_split_work_inside_the_meta_backend() -> None:
+    """The meta backend's hooks: every decode step sends each layer's parts to both GPUs and all-reduces them
+    through NCCL; the doctor counts those all-reduces as the split's price, not as a placement problem."""
+    analysis = Analysis(DATASETS / "h200x2-splits" / "x2-sm-tensor.trace")
+    decode = analysis.complete_steps.loc[analysis.complete_steps["n_tokens"] == 1, "step"]
+    parts = analysis.meta_parts[analysis.meta_parts["step"].isin(decode)]
+    per_device = parts.groupby("device")["parts"].median()
+    assert set(per_device.index) == {"CUDA0", "CUDA1"} and per_device["CUDA0"] == per_device["CUDA1"] == 65
+    copies = analysis.copies[analysis.copies["step"].isin(decode)]
+    assert (copies["collective_copies"] == 2 * 64).all()  # 32 layers x (attention, FFN) x 2 GPUs
+    assert (copies["layers_copied"] == 0).all()
+    pairs = set(zip(analysis.copy_pairs["src_device"], analysis.copy_pairs["dst_device"]))
+    assert {("CUDA0", "CUDA1"), ("CUDA1", "CUDA0")} <= pairs
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

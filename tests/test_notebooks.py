@@ -69,7 +69,9 @@ def test_02_split_configurations(engine_build, gemma, tmp_path) -> None:
     # the two-GPU section reads the H200 traces: the doctor finds the placement made on purpose, and nothing else
     assert summary["gpu_findings"]["x2-sm-layer-nkvo"] == ["copies.cross-device"]
     assert not any(ids for run, ids in summary["gpu_findings"].items() if run != "x2-sm-layer-nkvo")
-    assert summary["gpu_busy_devices"] == ["CUDA0", "CUDA1"] and 0.2 < summary["gpu_busy_fraction"] < 0.8
+    assert summary["gpu_busy_devices"] == ["CUDA0", "CUDA1"]
+    busy = summary["gpu_busy_fraction"]  # the layer split's pipeline bubble; the tensor split keeps both GPUs busy
+    assert 0.3 < busy["layer"] < 0.6 < 0.7 < busy["tensor"]
     assert summary["gpu_weight_share_ts3_1"]["CUDA0"] > 0.7  # -ts 3/1 asked for 75%
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gpuscope.errors import DecodeError, EngineCrashedError, SplitConfigError
@@ -71,6 +72,25 @@ def test_default_model_decodes_in_process_while_the_ring_is_read_live(engine_bui
     saved = load_trace(session.save(tmp_path / "session.trace"))
     assert SplitConfig.from_dict(saved.meta["configs"][0]) == config
     assert saved.meta["ring"]["state"] in ("alive", "closed") and len(saved.tables["steps"]) == 5
+
+
+def test_reported_plans_are_reported_again_after_forget(engine_build, tiny_model):
+    """Op placements (like FA plans) are reported once per ring; a kernel profiler's window asks for them again."""
+    config = SplitConfig(devices=["rpc:0"], n_gpu_layers=3, n_ctx=128, n_threads=2)
+    with Session(tiny_model, config, engine=engine_build) as session:
+        live = session.ring
+
+        def placements_of(batches):
+            for batch in batches:  # batch sizes change: every step rebuilds its graph and places its ops anew
+                session.decode([1] * batch)
+            return live.read_all().get("op_placement", pd.DataFrame(columns=["tensor"]))
+
+        first = placements_of([4, 1])
+        assert len(first) > 0
+        assert len(placements_of([2, 1])) == 0  # the same ops on the same backends: already reported
+        assert session.engine.ggml.forget_reported_plans()
+        again = placements_of([2, 1])
+        assert len(again) > 0 and set(again["tensor"]) <= set(first["tensor"])
 
 
 def test_invalid_configurations_fail_before_a_model_loads(engine_build, tiny_model):

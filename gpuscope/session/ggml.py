@@ -127,6 +127,18 @@ class Ggml:
         return ring_open, ring_close
 
 
+    def forget_reported_plans(self) -> bool:
+        """Have the hooks report FA plans and op placements again from now on (each is reported once per ring);
+        False for a build whose hooks predate this."""
+        try:
+            forget = self.base.gpuscope_plans_forget
+        except AttributeError:
+            return False
+        forget.restype, forget.argtypes = None, []
+        forget()
+        return True
+
+
 def tensor_struct(build: EngineBuild) -> type[ctypes.Structure]:
     """`struct ggml_tensor` as a ctypes Structure, laid out from the build's own ggml.h."""
     header = build.header("ggml.h")
