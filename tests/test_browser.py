@@ -84,9 +84,16 @@ def _free_port() -> int:
 def jupyterlab(tmp_path):
     """A JupyterLab server on a free port over tmp_path; yields its base URL and token."""
     port, token = _free_port(), uuid.uuid4().hex
+    # fresh user settings: start the notebook's kernel without asking (JupyterLab 4 asks by default) and keep every
+    # cell in the page (windowing drops cells scrolled away, the dashboard among them)
+    settings = tmp_path.parent / f"{tmp_path.name}-lab-settings"
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True, "windowingMode": "none"}))
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
                                "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
-                               f"--ServerApp.root_dir={tmp_path}", "--allow-root"],
+                               f"--ServerApp.root_dir={tmp_path}", f"--LabApp.user_settings_dir={settings}",
+                               "--allow-root"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -119,12 +126,25 @@ def test_notebook_01_in_jupyterlab_shows_the_dashboard_updating(engine_build, ge
     page.wait_for_selector(".jp-Notebook", timeout=60_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached",
                            timeout=60_000)  # the kernel has started
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    started = "() => [...document.querySelectorAll('.jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
+    for attempt in range(3):  # a Run All sent before the kernel's session is connected runs nothing: send it again
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(started, timeout=20_000)
+            break
+        except Exception:
+            assert attempt < 2, "Run All Cells never started the notebook's cells"
     # the dashboard's step-time FigureWidget, kept in view (JupyterLab does not draw cells scrolled away): count
     # its points while the sweep runs
     dashboard = page.locator(".widget-vbox", has=page.locator(".widget-button", has_text="Stop")).first
-    dashboard.wait_for(state="attached", timeout=180_000)
+    try:
+        dashboard.wait_for(state="attached", timeout=180_000)
+    except Exception:
+        page.screenshot(path=str(artifacts / "jupyterlab-no-dashboard.png"), full_page=True)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        raise AssertionError("the dashboard never appeared; the notebook's error outputs:\n"
+                             + "\n".join(errors.all_inner_texts())[-3000:]) from None
     dashboard.scroll_into_view_if_needed()
     points = ".widget-vbox .js-plotly-plot .scatterlayer .point"
     page.wait_for_function(f"document.querySelectorAll('{points}').length > 0", timeout=180_000)

@@ -3,6 +3,7 @@ from the engine stays text, and the HTML report is one self-contained file. No e
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import re
 import subprocess
@@ -195,7 +196,9 @@ def test_static_export_says_what_is_missing_without_a_browser(tmp_path, monkeypa
         export_pdf(tmp_path / "r.html", tmp_path / "r.pdf")
 
 
-@pytest.mark.skipif(find_browser() is None, reason="PNG/PDF export needs Chrome or Chromium (apt-get install chromium)")
+@pytest.mark.skipif(find_browser() is None or importlib.util.find_spec("kaleido") is None,
+                    reason="PNG/PDF export needs Chrome or Chromium (apt-get install chromium) and kaleido "
+                           "(pip install 'gpuscope[images]')")
 def test_png_and_pdf_through_the_browser(tmp_path) -> None:
     analysis = Analysis(dataset("cpu-sweep-gemma3"))
     written = export_png({"steps": standard_figures(analysis)["step_time_vs_context"]}, tmp_path)

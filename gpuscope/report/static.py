@@ -12,6 +12,7 @@ from pathlib import Path
 from gpuscope.errors import StaticExportUnavailableError
 
 BROWSER_ENV = "GPUSCOPE_BROWSER"
+_BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 _INSTALL = ("install Chromium (Debian/Ubuntu: apt-get install chromium) or point ${env} at a Chrome/Chromium "
             "executable; kaleido can also fetch one with `plotly_get_chrome` where the internet is reachable. "
             "The HTML report itself needs no browser.").replace("${env}", BROWSER_ENV)
@@ -25,8 +26,8 @@ def find_browser() -> str | None:
         return given if shutil.which(given) else None
     try:
         from choreographer.browsers.chromium import Chromium  # kaleido's browser driver
-    except ImportError:
-        return None
+    except ImportError:  # no kaleido: the PDF export and the browser tests still take a browser on the PATH
+        return next((found for name in _BROWSER_NAMES if (found := shutil.which(name))), None)
     return Chromium.find_browser(skip_local=False)
 
 
