@@ -7,8 +7,10 @@
 #   tensor  the meta-backend hooks on -sm tensor (NCCL all-reduce) and an in-process session on both GPUs
 #           ($OUT/h200x2-tensor.tgz)
 # The doctor runs here afterwards, on the traces that come back.
-# Expects the pinned source as .gpu/llama-src.tar.xz and the wheels gguf, diskcache, llama-cpp-python (built with
-# CMAKE_ARGS=-DLLAMA_BUILD=OFF) in .whl/ (none of them is in git).
+# Expects, carried with the call (none of them is in git): the pinned source as .gpu/llama-src.tar.xz (the cached
+# engine-src tree without docs/, models/*.gguf and the backends not built, 7 MB), and in .whl/ the wheels the machine
+# lacks: gguf, diskcache, plotly, narwhals and llama-cpp-python (`CMAKE_ARGS=-DLLAMA_BUILD=OFF pip wheel --no-deps
+# llama-cpp-python==0.3.36`: pure Python).
 set -uo pipefail
 phase=${1:-splits}
 # NVLink multicast stays off (the machine's notes): it can take the host's shared GPUs out of service
