@@ -55,6 +55,13 @@ static void * state_ring;                  /* ring the sets below belong to */
 static uint64_t devices_described;         /* bit per ring device index */
 static uint64_t dedupe_slots[DEDUPE_SLOTS];
 
+/* Callers hold ring_state_mutex. */
+static void forget_sightings(void) {
+    for (size_t i = 0; i < DEDUPE_SLOTS; i++) {
+        __atomic_store_n(&dedupe_slots[i], 0, __ATOMIC_RELAXED);
+    }
+}
+
 static void sync_ring_state(void) {
     void * ring = gpuscope_active;
     if (__atomic_load_n(&state_ring, __ATOMIC_ACQUIRE) == ring) {
@@ -63,9 +70,7 @@ static void sync_ring_state(void) {
     pthread_mutex_lock(&ring_state_mutex);
     if (state_ring != ring) {
         __atomic_store_n(&devices_described, 0, __ATOMIC_RELAXED);
-        for (size_t i = 0; i < DEDUPE_SLOTS; i++) {
-            __atomic_store_n(&dedupe_slots[i], 0, __ATOMIC_RELAXED);
-        }
+        forget_sightings();
         __atomic_store_n(&state_ring, ring, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&ring_state_mutex);
@@ -74,9 +79,7 @@ static void sync_ring_state(void) {
 void gpuscope_plans_forget(void) {
     sync_ring_state();
     pthread_mutex_lock(&ring_state_mutex);
-    for (size_t i = 0; i < DEDUPE_SLOTS; i++) {
-        __atomic_store_n(&dedupe_slots[i], 0, __ATOMIC_RELAXED);
-    }
+    forget_sightings();
     pthread_mutex_unlock(&ring_state_mutex);
 }
 
@@ -311,18 +314,23 @@ void gpuscope_eval_view(bool needed) {
     tl_eval_needed += needed;
 }
 
-void gpuscope_copy_done(const struct ggml_tensor * tensor, uint64_t bytes, uint8_t mode,
-                        ggml_backend_t src, ggml_backend_t dst, int64_t t_begin) {
+static void emit_copy(const struct ggml_tensor * tensor, uint64_t bytes, uint64_t duration_ns, uint8_t mode,
+                      ggml_backend_t src, ggml_backend_t dst) {
     gpuscope_ev_copy ev;
     memset(&ev, 0, sizeof(ev));
     ev.bytes       = bytes;
-    ev.duration_ns = (uint64_t)(gpuscope_now_ns() - t_begin);
+    ev.duration_ns = duration_ns;
     ev.tensor      = gpuscope_intern(tensor->name);
     ev.split_id    = tl_split_id;
     ev.src_device  = gpuscope_backend_index(src);
     ev.dst_device  = gpuscope_backend_index(dst);
     ev.mode        = mode;
     GPUSCOPE_EMIT(GPUSCOPE_KIND_COPY, ev.dst_device, ev);
+}
+
+void gpuscope_copy_done(const struct ggml_tensor * tensor, uint64_t bytes, uint8_t mode,
+                        ggml_backend_t src, ggml_backend_t dst, int64_t t_begin) {
+    emit_copy(tensor, bytes, (uint64_t)(gpuscope_now_ns() - t_begin), mode, src, dst);
 }
 
 void gpuscope_meta_part_done(const void * meta, size_t subgraph, size_t n_subgraphs, ggml_backend_t backend,
@@ -342,16 +350,7 @@ void gpuscope_allreduce_done(struct ggml_tensor * const * nodes, const ggml_back
                              int64_t t_begin) {
     const uint64_t share = n > 0 ? (uint64_t)(gpuscope_now_ns() - t_begin) / n : 0;
     for (size_t j = 0; j < n; j++) {
-        gpuscope_ev_copy ev;
-        memset(&ev, 0, sizeof(ev));
-        ev.bytes       = ggml_nbytes(nodes[j]);
-        ev.duration_ns = share;
-        ev.tensor      = gpuscope_intern(nodes[j]->name);
-        ev.split_id    = tl_split_id;
-        ev.src_device  = gpuscope_backend_index(backends[j]);
-        ev.dst_device  = gpuscope_backend_index(backends[(j + 1) % n]);
-        ev.mode        = GPUSCOPE_COPY_ALLREDUCE;
-        GPUSCOPE_EMIT(GPUSCOPE_KIND_COPY, ev.dst_device, ev);
+        emit_copy(nodes[j], ggml_nbytes(nodes[j]), share, GPUSCOPE_COPY_ALLREDUCE, backends[j], backends[(j + 1) % n]);
     }
 }
 

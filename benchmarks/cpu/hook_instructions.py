@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gpuscope.engine.build import find_build
+from gpuscope.errors import EngineNotFoundError
 from gpuscope.models import default_model
 
 
@@ -41,8 +43,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="GGUF (default: the default model)")
     parser.add_argument("--tokens", type=int, nargs=2, default=[4, 20], metavar=("SHORT", "LONG"))
     args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed: apt-get install valgrind")
     model = args.model or default_model()
-    hooked, twin = find_build(args.engine), find_build(f"{args.engine}-nohooks")
+    try:
+        hooked, twin = find_build(args.engine), find_build(f"{args.engine}-nohooks")
+    except EngineNotFoundError as exc:
+        sys.exit(f"{exc}\n(the hooked build comes from `gpuscope engine build`, its unpatched twin from "
+                 "`gpuscope engine build --no-hooks`)")
     with tempfile.TemporaryDirectory() as tmp:
         arms = {"recording": (hooked.program("llama-bench"), Path(tmp) / "bench.ring"),
                 "hooks_off": (hooked.program("llama-bench"), None),

@@ -276,9 +276,8 @@ class Session:
         if collect_events:
             self._main.skip_existing()
         # the engine (and its ring) outlives sessions in one process: this session's live view starts here
-        with RingReader(self.engine.ring_path) as opening:
-            self._ring_start = opening.status.written
-        self._ring_reader: RingReader | None = None
+        self._ring_reader = RingReader(self.engine.ring_path)
+        self._ring_reader.skip_to(self._ring_reader.status.written)
         atexit.register(self.close)
         try:
             self._open(rpc_threads, ring_capacity)
@@ -355,9 +354,6 @@ class Session:
     def ring(self) -> RingReader:
         """A live reader of this process's ring from this session's opening on (its own cursor: reading it does not
         take events from traces)."""
-        if self._ring_reader is None:
-            self._ring_reader = RingReader(self.engine.ring_path)
-            self._ring_reader.skip_to(self._ring_start)
         return self._ring_reader
 
     def processes(self) -> dict[str, dict]:
@@ -544,8 +540,7 @@ class Session:
             self._final = self._process_events(finish=True)
         elif self._rpc is not None:
             self._rpc.stop()  # the rings stay for the reader in the other process
-        if self._ring_reader is not None:
-            self._ring_reader.close()
+        self._ring_reader.close()
 
     def __enter__(self) -> "Session":
         return self
