@@ -105,10 +105,24 @@ def test_a_target_that_exits_is_reported():
     brief = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     try:
         with pytest.raises(TargetExitedError):
-            with StackSampler(brief.pid, marker=lambda: (0, 0)):
+            with StackSampler(brief.pid, marker=lambda seconds: (0, 0)):
                 brief.wait()
     finally:
         brief.wait()
+
+
+@needs_py_spy
+def test_sampling_is_placed_on_the_clock_where_tracers_do_not_show(monkeypatch):
+    """Some sandboxes never show a tracer in /proc/PID/status (the CI machine saw none while py-spy took 621
+    samples): the sampler then goes by py-spy's own 'Sampling process' line and runs longer markers."""
+    from gpuscope.collectors import stacks as module
+
+    seen = module._tracer_of
+    monkeypatch.setattr(module, "_tracer_of", lambda pid: min(seen(pid), 0))
+    with StackSampler(rate=100) as sampler:  # this process, as for an in-process session
+        sum(range(3_000_000))
+    assert sampler.meta["first_sample_unseen"]
+    assert sampler.meta["clock"]["markers"] == 2 and sampler.meta["clock"]["consistent"], sampler.meta["clock"]
 
 
 def test_py_spy_missing_is_reported(tmp_path):

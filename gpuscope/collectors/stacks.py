@@ -115,12 +115,13 @@ def _tracer_of(pid: int) -> int:
 class StackSampler:
     """Context manager: py-spy samples process `pid` (default: this one) for the span of the block.
 
-    marker: a function that runs the marker in the target and returns its (before, after) monotonic reads
-    (default: `_gpuscope_stack_marker` here, right for pid == this process; for a session's worker pass
-    `lambda: session.run(stack_marker)`). After the block: `.stacks` (the cpu_stacks table) and `.meta`."""
+    marker: a function of the marker's seconds that runs it in the target and returns its (before, after)
+    monotonic reads (default: `_gpuscope_stack_marker` here, right for pid == this process; for a session's
+    worker pass `lambda seconds: session.run(stack_marker, seconds)`). After the block: `.stacks` (the cpu_stacks table) and `.meta`."""
 
-    def __init__(self, pid: int | None = None, *, rate: int = 100, marker: Callable[[], tuple[int, int]] | None = None,
-                 py_spy: str | list[str] | None = None, attach_timeout: float = 30.0):
+    def __init__(self, pid: int | None = None, *, rate: int = 100,
+                 marker: Callable[[float], tuple[int, int]] | None = None, py_spy: str | list[str] | None = None,
+                 attach_timeout: float = 120.0):
         self.pid = pid or os.getpid()
         self.rate = rate
         self.marker = marker or _gpuscope_stack_marker
@@ -129,6 +130,7 @@ class StackSampler:
         self.stacks = pd.DataFrame(columns=STACK_COLUMNS)
         self.meta: dict = {}
         self._brackets: list[tuple[int, int]] = []
+        self._marker_seconds = MARKER_SECONDS
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> "StackSampler":
@@ -136,7 +138,8 @@ class StackSampler:
             raise TargetExitedError(f"process {self.pid} does not exist (it exited before sampling began)")
         self._folder = tempfile.TemporaryDirectory(prefix="gpuscope-pyspy-")
         self._output = Path(self._folder.name) / "stacks.json"
-        self._log = open(Path(self._folder.name) / "py-spy.log", "w+")
+        self._log_path = Path(self._folder.name) / "py-spy.log"
+        self._log = open(self._log_path, "w")
         if self.pid == os.getpid():
             allow_any_tracer()
         argv = [*self.command, "record", "--native", "--pid", str(self.pid), "--format", "chrometrace",
@@ -149,40 +152,46 @@ class StackSampler:
             self._folder.cleanup()
             raise CollectorUnavailableError(f"cannot run py-spy ({' '.join(self.command)}): {exc}; install it with "
                                             "pip install py-spy") from None
-        self._wait_for_first_sample()
-        self._brackets += [self.marker()]
+        self._wait_for_sampling()
+        self._brackets += [self.marker(self._marker_seconds)]
         self.meta["workload_from_ns"] = time.monotonic_ns()
         return self
 
-    def _wait_for_first_sample(self) -> None:
-        """py-spy reads the target's symbols before its first sample (close to a second here). Each sample pauses
-        the target through ptrace, which shows as its TracerPid; py-spy may also attach once while it starts, so
-        sampling counts as begun after a few separate attachments."""
+    def _wait_for_sampling(self) -> None:
+        """py-spy prints 'Sampling process' once it has read the target's symbols (a second here, tens of seconds
+        on a loaded 2-core machine with the engine's libraries). Its samples pause the target through ptrace,
+        which shows as the target's TracerPid: the first one is waited for briefly. Where none shows (a platform
+        that hides tracers, or slow samples), the clock markers run longer so that samples still fall in them."""
         deadline = time.monotonic() + self.attach_timeout
-        attachments, traced = 0, False
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._fail()
-            tracer = _tracer_of(self.pid)
-            if tracer < 0:
+        while "Sampling process" not in self._log_text():
+            self._check_running()
+            if time.monotonic() > deadline:
                 self._stop()
-                raise TargetExitedError(f"process {self.pid} exited before py-spy took its first sample")
-            if tracer > 0 and not traced:
-                attachments += 1
-                if attachments >= 3:
-                    return
-            traced = tracer > 0
+                raise CollectorError(f"py-spy did not start sampling process {self.pid} within "
+                                     f"{self.attach_timeout:.0f} s:\n{self._log_text()}")
+            time.sleep(0.01)
+        seen_by = time.monotonic() + max(1.0, 50 / self.rate)
+        while time.monotonic() < seen_by:
+            self._check_running()
+            if _tracer_of(self.pid) > 0:
+                return
             time.sleep(0.0005)
-        self._stop()
-        raise CollectorError(f"py-spy took no sample of process {self.pid} within {self.attach_timeout:.0f} s:\n"
-                             f"{self._log_text()}")
+        self._marker_seconds = max(MARKER_SECONDS, 200 / self.rate)
+        self.meta["first_sample_unseen"] = True
+
+    def _check_running(self) -> None:
+        if self._process.poll() is not None:
+            self._fail()
+        if _tracer_of(self.pid) < 0:
+            self._stop()
+            raise TargetExitedError(f"process {self.pid} exited before py-spy took its first sample")
 
     def __exit__(self, *exc) -> None:
         try:
             self.meta["workload_to_ns"] = time.monotonic_ns()
             target_alive = _tracer_of(self.pid) >= 0
             if target_alive and exc[0] is None:
-                self._brackets += [self.marker()]
+                self._brackets += [self.marker(self._marker_seconds)]
             self._stop()
             if exc[0] is not None:
                 return
@@ -213,9 +222,7 @@ class StackSampler:
                 self._process.wait()
 
     def _log_text(self) -> str:
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read()
+        return self._log_path.read_text(errors="replace")
 
     def _fail(self):
         text = self._log_text()
@@ -393,7 +400,7 @@ def sample_session(session, workload: Callable, *args, rate: int = 100, py_spy=N
     if isolated:
         pid = session.processes()["main"]["pid"]
         session.run(_allow_tracer_in_worker)
-        marker = lambda: session.run(stack_marker)  # noqa: E731 (runs in the worker)
+        marker = lambda seconds: session.run(stack_marker, seconds)  # noqa: E731 (runs in the worker)
     else:
         pid, marker = os.getpid(), None
     with StackSampler(pid, rate=rate, marker=marker, py_spy=py_spy) as sampler:
