@@ -41,10 +41,6 @@ class ModelShapeError(ModelError):
     """A synthetic model shape is unknown, malformed or impossible."""
 
 
-class QuantizeError(ModelError):
-    """llama-quantize is missing or failed."""
-
-
 class EngineError(GpuscopeError):
     """The patched engine (its source, hook patches or builds) has a problem."""
 

@@ -17,7 +17,7 @@ import pytest
 
 from gpuscope.engine.build import find_program
 from gpuscope.errors import (
-    EngineNotFoundError, ModelFetchError, ModelShapeError, ModelVerificationError, QuantizeError,
+    EngineNotFoundError, ModelFetchError, ModelShapeError, ModelVerificationError,
 )
 from gpuscope.models.default import ChunkedModel, ChunkPart, GEMMA3_270M_Q4_K_M, assemble, default_model, is_verified
 from gpuscope.models.synth import PRESETS, ModelShape, parse_shape, synth_model
@@ -114,6 +114,8 @@ def test_presets_have_the_documented_sizes():
     assert (eight_b.n_embd, eight_b.n_layer, eight_b.n_head, eight_b.n_head_kv, eight_b.n_ff, eight_b.n_vocab) == (
         4096, 32, 32, 8, 14336, 32000)
     assert round(sum(spec.nbytes for spec in eight_b.tensors()) / 1e9, 2) == 14.48
+    assert round(sum(spec.nbytes for spec in eight_b.tensors("q4_k_m")) / 1e9, 2) == 4.37
+    assert round(sum(spec.nbytes for spec in PRESETS["70b"].tensors("q4_k_m")) / 1e9, 1) == 42.5
     assert PRESETS["d256"].head_dim == 256
     assert sum(spec.nbytes for spec in PRESETS["tiny"].tensors()) < 10e6
 
@@ -136,7 +138,7 @@ def test_preset_overrides():
     ("tiny,n_layer=2,n_layer=3", "'n_layer' is given twice"),
     ("tiny,tie_embeddings=maybe", "is not a valid bool"),
     ("tiny,8b", "'8b' is not key=value"),
-    ("70b", "unknown shape '70b'"),
+    ("405b", "unknown shape '405b'"),
     ("", "empty shape"),
 ])
 def test_custom_shape_errors(spec, message):
@@ -144,15 +146,40 @@ def test_custom_shape_errors(spec, message):
         parse_shape(spec)
 
 
-def test_quantized_types_need_a_working_quantize_program(tmp_cache):
-    with pytest.raises(QuantizeError, match="llama-quantize"):
-        synth_model("tiny", type="q4_k_m")
-    with pytest.raises(QuantizeError, match="not an executable"):
-        synth_model("tiny", type="q4_k_m", quantize=tmp_cache / "missing")
-    with pytest.raises(QuantizeError, match="failed with exit status 1"):
-        synth_model("tiny", type="q8_0", quantize=shutil.which("false"))
-    synth_dir = tmp_cache / "models" / "synth"
-    assert list(synth_dir.iterdir()) == [], "the failed quantization left files behind"
+def test_quantized_blocks_hold_the_weights_spread_and_reject_odd_widths(tmp_path):
+    reader = gguf.GGUFReader(synth_model("tiny", type="q8_0", out=tmp_path / "q8.gguf"))
+    by_name = {tensor.name: tensor for tensor in reader.tensors}
+    assert _field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert by_name["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    for name in ("blk.1.ffn_up.weight", "output.weight"):
+        tensor = by_name[name]
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        assert abs(values.mean()) < 1e-3 and 0.018 < values.std() < 0.022, (name, values.std())
+    with pytest.raises(ModelShapeError, match="not a multiple of 256 as Q4_K blocks need"):
+        synth_model("tiny,n_embd=320,n_head=5,n_head_kv=1", type="q4_k_m", out=tmp_path / "odd.gguf")
+    assert not (tmp_path / "odd.gguf").exists()
+
+
+@pytest.mark.parametrize("spec", [
+    "tiny,n_layer=80",  # 80 layers with grouped KV heads: llama-quantize's 70B rule for attn_v
+    "tiny,n_layer=12,tie_embeddings=true",
+])
+def test_q4_k_m_mix_is_the_one_llama_quantize_chooses(spec, tmp_path):
+    """Each tensor's type in the directly written Q4_K_M file is the type the engine's own llama-quantize gives
+    the F16 file of the same shape."""
+    quantize = _engine_program("llama-quantize")
+    direct = gguf.GGUFReader(synth_model(spec, type="q4_k_m", out=tmp_path / "direct.gguf"))
+    done = subprocess.run([str(quantize), str(synth_model(spec, out=tmp_path / "f16.gguf")),
+                           str(tmp_path / "quantized.gguf"), "Q4_K_M", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+    quantized = gguf.GGUFReader(tmp_path / "quantized.gguf")
+    types = {tensor.name: tensor.tensor_type.name for tensor in direct.tensors}
+    assert types == {tensor.name: tensor.tensor_type.name for tensor in quantized.tensors}
+    assert {tensor.name: tensor.n_bytes for tensor in direct.tensors} == \
+        {tensor.name: tensor.n_bytes for tensor in quantized.tensors}
+    assert _field(direct, "general.file_type") == _field(quantized, "general.file_type")
+    assert {"Q4_K", "Q6_K"} <= set(types.values())
 
 
 def test_cli_prints_the_model_path_last(tmp_cache):
@@ -177,11 +204,11 @@ def _engine_program(name: str) -> Path:
         pytest.skip(f"no engine build: {exc}")
 
 
-def test_tiny_model_decodes_in_llama_bench_as_f16_and_q4_k_m(tmp_path, monkeypatch):
-    bench, quantize = _engine_program("llama-bench"), _engine_program("llama-quantize")
+def test_tiny_model_decodes_in_llama_bench_in_every_type(tmp_path, monkeypatch):
+    bench = _engine_program("llama-bench")
     monkeypatch.setenv("GPUSCOPE_CACHE", str(tmp_path))  # after finding the build, which lives in the real cache
-    for model_type in ("f16", "q4_k_m"):
-        model = synth_model("tiny", type=model_type, quantize=quantize)
+    for model_type in ("f16", "q8_0", "q4_k_m"):
+        model = synth_model("tiny", type=model_type)
         result = subprocess.run([str(bench), "-m", str(model), "-p", "8", "-n", "8", "-r", "2", "-o", "csv"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Issue 8 on the lent nvidia-h200-x2 (two H200s of one host), in one call: build the hooked CUDA engine for sm_90
-# with NCCL and write the synthetic 8B F16 shape, then
+# with NCCL and write a synthetic model (8B F16; for `large` the 70B shape in Q4_K_M, 42.5 GB, written directly), then
 #   splits  record llama-bench over the split modes at depths up to 32768, one placement problem made on purpose
 #           (-nkvo: KV cache on the host while layers run on both GPUs), and one in-process kernel collection over a
 #           layer split ($OUT/h200x2-splits.tgz)
 #   tensor  the meta-backend hooks on -sm tensor (NCCL all-reduce) and an in-process session on both GPUs
 #           ($OUT/h200x2-tensor.tgz)
+#   large   the 70B Q4_K_M shape over -sm none, layer 1/1 and 3/1, and tensor at depths up to 32768, then kernels per
+#           GPU in-process over a layer split, which also checks FA plans against the kernels they launched
+#           ($OUT/h200x2-large.tgz); runs are ordered by priority, a call cut short at 600 s keeps what it made
 # The doctor runs here afterwards, on the traces that come back.
 # Expects, carried with the call (none of them is in git): the pinned source as .gpu/llama-src.tar.xz (the cached
 # engine-src tree without docs/, models/*.gguf and the backends not built, 7 MB), and in .whl/ the wheels the machine
@@ -37,14 +40,15 @@ mkdir -p /root/src /root/models /root/traces && tar xJf .gpu/llama-src.tar.xz -C
 setsid nohup python3 -m gpuscope.cli engine build --backend cuda --cuda-arch 90 --src /root/src -j 30 \
     > /root/build.log 2>&1 < /dev/null &
 say "build started"
-gs model synth --shape 8b --out /root/models/8b-f16.gguf 2>&1 | tail -1
+if [ "$phase" = large ]; then model=/root/models/70b-q4_k_m.gguf; shape="70b --type q4_k_m"
+else model=/root/models/8b-f16.gguf; shape=8b; fi
+gs model synth --shape $shape --out $model 2>&1 | tail -1
 say "model written"
 while pgrep -f "engine build" > /dev/null; do sleep 3; done
 tail -3 /root/build.log; cp /root/build.log "$OUT/build.log"
 say "build done"
 bin=$(gs engine path cuda | tail -1) || exit 1
 
-model=/root/models/8b-f16.gguf
 run() {  # name, timeout, llama-bench args...
     local name=$1 limit=$2; shift 2
     say "$name"
@@ -81,6 +85,13 @@ tensor)
         --out /root/traces/x2-session-tensor-tiny.trace 2>&1 | tail -4 | tee -a "$OUT/session.txt"
     run x2-sm-tensor 75 -sm tensor -d $deep
     kernels x2-kernels-tensor 'devices=CUDA0,CUDA1 split_mode=tensor flash_attn=on'
+    ;;
+large)
+    run x2-70b-sm-layer-ts1-1 90 -sm layer -ts 1/1 -d $deep
+    run x2-70b-sm-tensor 90 -sm tensor -d $deep
+    kernels x2-70b-kernels-layer 'devices=CUDA0,CUDA1 split_mode=layer tensor_split=1,1 flash_attn=on'
+    run x2-70b-sm-none 75 -sm none -d $deep
+    run x2-70b-sm-layer-ts3-1 75 -sm layer -ts 3/1 -d $deep
     ;;
 esac
 say "done"

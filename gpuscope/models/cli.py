@@ -25,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              f"optional head_dim, n_ctx_train, rope_freq_base, rms_norm_eps, tie_embeddings), "
              f"or a preset with overrides such as 8b,n_layer=2",
     )
-    synth.add_argument("--type", default="f16", choices=tuple(MODEL_TYPES), help="weight type (default f16)")
+    synth.add_argument("--type", default="f16", choices=tuple(MODEL_TYPES),
+                       help="weight type (default f16); q8_0 and q4_k_m are written directly as random blocks, with "
+                            "llama-quantize's per-tensor mix")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--out", help="write here instead of the cache")
-    synth.add_argument("--quantize", metavar="PATH",
-                       help="llama-quantize program for q8_0 and q4_k_m (default: the latest engine build's)")
     synth.set_defaults(func=_synth)
 
 
@@ -39,5 +39,5 @@ def _default(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    print(synth_model(args.shape, type=args.type, out=args.out, seed=args.seed, quantize=args.quantize))
+    print(synth_model(args.shape, type=args.type, out=args.out, seed=args.seed))
     return 0

@@ -2,33 +2,32 @@
 
 Decode cost depends on tensor shapes and types, not on weight values, so a synthetic model with the dimensions of
 a real one stands in for it when measuring step time. Files are written with the `gguf` package one tensor at a
-time (an 8B F16 file is 14.5 GB) and quantized, when asked, with the engine's own `llama-quantize`.
+time (an 8B F16 file is 14.5 GB). Quantized types are written directly as random blocks of each tensor's ggml type,
+with the per-tensor type mix llama-quantize would choose: no F16 intermediate, so a 70B Q4_K_M (42 GB) needs
+42 GB of disk, not 141 more.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import gguf
 import numpy as np
 
-from gpuscope.engine.build import find_program
-from gpuscope.errors import EngineNotFoundError, ModelShapeError, QuantizeError
+from gpuscope.errors import ModelShapeError
 from gpuscope.models.store import atomic_output, models_dir, progress
 
 # Bump when the bytes written for a given shape and seed change, so that cached files are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # The minimal SPM vocabulary: <unk>, <s>, </s>, then one token per byte (so any text tokenizes by byte
 # fallback), then filler pieces up to n_vocab.
@@ -40,19 +39,31 @@ WEIGHT_STD = 0.02
 _CHUNK_ELEMENTS = 1 << 22  # per generator call: bounds temporary float32 memory at 16 MiB per thread
 _PROGRESS_MIN_BYTES = 256 << 20  # shapes smaller than this are written without progress lines
 
-# Output type -> the type name llama-quantize takes (None: written directly, no quantization).
-MODEL_TYPES: dict[str, str | None] = {"f16": None, "q8_0": "Q8_0", "q4_k_m": "Q4_K_M"}
+Q = gguf.GGMLQuantizationType
+# Model type -> (GGUF file type, the default type of its matrices); ModelShape.tensors applies llama-quantize's mix.
+MODEL_TYPES: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, Q.F16),
+    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q8_0),
+    "q4_k_m": (gguf.LlamaFileType.MOSTLY_Q4_K_M, Q.Q4_K),
+}
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     shape: tuple[int, ...]  # numpy order: rows first (GGUF stores the reverse)
-    dtype: type[np.floating]
+    type: gguf.GGMLQuantizationType
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        block_elements, block_bytes = gguf.GGML_QUANT_SIZES[self.type]
+        return math.prod(self.shape) // block_elements * block_bytes
+
+    @property
+    def byte_shape(self) -> tuple[int, ...]:
+        """The shape of the tensor's bytes, rows first (the gguf writer takes quantized tensors so)."""
+        block_elements, block_bytes = gguf.GGML_QUANT_SIZES[self.type]
+        return (*self.shape[:-1], self.shape[-1] // block_elements * block_bytes)
 
 
 @dataclass(frozen=True)
@@ -100,30 +111,38 @@ class ModelShape:
         if not self.rope_freq_base > 0 or not self.rms_norm_eps > 0:
             raise ModelShapeError("rope_freq_base and rms_norm_eps must be positive")
 
-    def tensors(self) -> list[TensorSpec]:
-        """Every tensor the engine's llama loader requires, in file order."""
+    def tensors(self, type: str = "f16") -> list[TensorSpec]:
+        """Every tensor the engine's llama loader requires, in file order, with its ggml type in model `type`."""
+        if type not in MODEL_TYPES:
+            raise ModelShapeError(f"unknown model type {type!r}; choose one of {', '.join(MODEL_TYPES)}")
         q_width = self.n_head * self.head_dim
         kv_width = self.n_head_kv * self.head_dim
         T = gguf.MODEL_TENSOR
+        mix = _type_mix(self, type)
 
-        def weight(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], layer: int | None = None,
-                   dtype: type[np.floating] = np.float16) -> TensorSpec:
-            return TensorSpec(gguf.TENSOR_NAMES[kind].format(bid=layer) + ".weight", shape, dtype)
+        def weight(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], layer: int | None = None) -> TensorSpec:
+            name = gguf.TENSOR_NAMES[kind].format(bid=layer) + ".weight"
+            spec = TensorSpec(name, shape, Q.F32 if len(shape) == 1 else mix(kind, layer))
+            block_elements = gguf.GGML_QUANT_SIZES[spec.type][0]
+            if shape[-1] % block_elements:
+                raise ModelShapeError(f"{name} has rows of {shape[-1]} values, not a multiple of {block_elements} "
+                                      f"as {spec.type.name} blocks need: choose widths that are, or type f16")
+            return spec
 
         specs = [weight(T.TOKEN_EMBD, (self.n_vocab, self.n_embd))]
         for layer in range(self.n_layer):
             specs += [
-                weight(T.ATTN_NORM, (self.n_embd,), layer, np.float32),
+                weight(T.ATTN_NORM, (self.n_embd,), layer),
                 weight(T.ATTN_Q, (q_width, self.n_embd), layer),
                 weight(T.ATTN_K, (kv_width, self.n_embd), layer),
                 weight(T.ATTN_V, (kv_width, self.n_embd), layer),
                 weight(T.ATTN_OUT, (self.n_embd, q_width), layer),
-                weight(T.FFN_NORM, (self.n_embd,), layer, np.float32),
+                weight(T.FFN_NORM, (self.n_embd,), layer),
                 weight(T.FFN_GATE, (self.n_ff, self.n_embd), layer),
                 weight(T.FFN_UP, (self.n_ff, self.n_embd), layer),
                 weight(T.FFN_DOWN, (self.n_embd, self.n_ff), layer),
             ]
-        specs.append(weight(T.OUTPUT_NORM, (self.n_embd,), dtype=np.float32))
+        specs.append(weight(T.OUTPUT_NORM, (self.n_embd,)))
         if not self.tie_embeddings:
             specs.append(weight(T.OUTPUT, (self.n_vocab, self.n_embd)))
         return specs
@@ -146,6 +165,9 @@ PRESETS: dict[str, ModelShape] = {
                      n_ctx_train=131072, rope_freq_base=500000.0, tie_embeddings=True),
     # Mistral-7B-like 8B: 14.48 GB in F16, the shape of the field notes' H100 baseline.
     "8b": ModelShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000, n_ctx_train=32768),
+    # Llama 3 70B (without its RoPE frequency scaling): 42.5 GB in Q4_K_M.
+    "70b": ModelShape(n_embd=8192, n_layer=80, n_head=64, n_head_kv=8, n_ff=28672, n_vocab=128256,
+                      n_ctx_train=131072, rope_freq_base=500000.0),
     # Gemma 3 270M's attention geometry (4 query heads of 256, one KV head) in the plain llama architecture:
     # exercises the head-size-256 FlashAttention path without Gemma's sliding-window layers.
     "d256": ModelShape(n_embd=640, n_layer=18, n_head=4, n_head_kv=1, head_dim=256, n_ff=2048, n_vocab=262144,
@@ -229,53 +251,61 @@ def cache_path(shape: ModelShape, type: str = "f16", seed: int = 0) -> Path:
     return synth_dir() / f"llama-{shape_label(shape)}-{type}-seed{seed}-{shape.key()}.gguf"
 
 
-def synth_model(shape: ModelShape | str, type: str = "f16", out: str | os.PathLike | None = None, seed: int = 0,
-                quantize: str | os.PathLike | None = None) -> Path:
-    """A random-weight llama model of `shape` (a ModelShape, or a spec for `parse_shape`) in `type`.
-
-    Without `out` the file is cached by shape, type and seed and reused. Quantized types run `quantize`, the path
-    of a `llama-quantize` program (default: the most recent hooked CPU engine build's); the F16 source is taken from the
-    cache if there, else written to a temporary file that is deleted afterwards.
-    """
+def synth_model(shape: ModelShape | str, type: str = "f16", out: str | os.PathLike | None = None,
+                seed: int = 0) -> Path:
+    """A random-weight llama model of `shape` (a ModelShape, or a spec for `parse_shape`) in `type` (f16, q8_0,
+    q4_k_m). Without `out` the file is cached by shape, type and seed and reused."""
     if isinstance(shape, str):
         shape = parse_shape(shape)
-    if type not in MODEL_TYPES:
-        raise ModelShapeError(f"unknown model type {type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    specs = shape.tensors(type)
     target = Path(out) if out is not None else cache_path(shape, type, seed)
     if out is None and target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    quantize_type = MODEL_TYPES[type]
-    if quantize_type is None:
-        write_f16(shape, seed, target)
-        return target
-    program = _quantize_program(quantize)
-    cached_f16 = cache_path(shape, "f16", seed)
-    if cached_f16.is_file():
-        run_quantize(program, cached_f16, target, quantize_type)
-        return target
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gpuscope-synth-") as scratch:
-        intermediate = Path(scratch) / "f16.gguf"
-        write_f16(shape, seed, intermediate)
-        run_quantize(program, intermediate, target, quantize_type)
+    write_model(shape, type, specs, seed, target)
     return target
 
 
-def write_f16(shape: ModelShape, seed: int, target: Path) -> None:
-    """Write the model as F16 matrices and F32 norms, streaming: one tensor in memory at a time."""
-    specs = shape.tensors()
+def _type_mix(shape: ModelShape, type: str) -> Callable[[gguf.MODEL_TENSOR, int | None], gguf.GGMLQuantizationType]:
+    """The ggml type of each matrix, as llama-quantize chooses it for the llama architecture in this engine
+    (llama_tensor_get_type_impl in src/llama-quant.cpp): Q4_K_M keeps the output matrix (and embeddings tied to
+    it) in Q6_K, and attn_v and ffn_down in Q6_K on the first and last eighth of the layers and every third
+    between; a 70B (80 layers, grouped KV heads) has its other attn_v matrices in Q5_K."""
+    default = MODEL_TYPES[type][1]
+    T = gguf.MODEL_TENSOR
+
+    def more_bits(layer: int) -> bool:
+        n = shape.n_layer
+        return layer < n // 8 or layer >= 7 * n // 8 or (layer - n // 8) % 3 == 2
+
+    def mix(kind: gguf.MODEL_TENSOR, layer: int | None) -> gguf.GGMLQuantizationType:
+        if type != "q4_k_m":
+            return default
+        if kind == T.OUTPUT or (kind == T.TOKEN_EMBD and shape.tie_embeddings):
+            return Q.Q6_K
+        if kind in (T.ATTN_V, T.FFN_DOWN) and more_bits(layer):
+            return Q.Q6_K
+        if kind == T.ATTN_V and shape.n_layer == 80 and shape.n_head != shape.n_head_kv:
+            return Q.Q5_K
+        return default
+
+    return mix
+
+
+def write_model(shape: ModelShape, type: str, specs: list[TensorSpec], seed: int, target: Path) -> None:
+    """Write the model, streaming: one tensor in memory at a time."""
     total_bytes = sum(spec.nbytes for spec in specs)
     report = total_bytes >= _PROGRESS_MIN_BYTES
     if report:
-        progress(f"writing a {shape.n_params / 1e9:.2f}B-parameter llama model ({total_bytes / 1e9:.2f} GB) "
-                 f"to {target}")
+        progress(f"writing a {shape.n_params / 1e9:.2f}B-parameter llama model in {type} ({total_bytes / 1e9:.2f} GB)"
+                 f" to {target}")
     started = time.monotonic()
     with atomic_output(target) as partial:
         writer = gguf.GGUFWriter(partial, "llama")
         try:
-            _add_metadata(writer, shape, seed)
+            _add_metadata(writer, shape, type, seed)
             for spec in specs:
-                writer.add_tensor_info(spec.name, spec.shape, np.dtype(spec.dtype), spec.nbytes)
+                writer.add_tensor_info(spec.name, spec.byte_shape, np.dtype(np.uint8), spec.nbytes, raw_dtype=spec.type)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
@@ -283,7 +313,7 @@ def write_f16(shape: ModelShape, seed: int, target: Path) -> None:
             reported_tenths = 0
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 for index, spec in enumerate(specs):
-                    writer.write_tensor_data(_tensor_values(spec, seed, index, pool))
+                    writer.write_tensor_data(_tensor_bytes(spec, seed, index, pool))
                     written += spec.nbytes
                     tenths = written * 10 // total_bytes
                     if report and tenths > reported_tenths:
@@ -293,9 +323,9 @@ def write_f16(shape: ModelShape, seed: int, target: Path) -> None:
             writer.close()
 
 
-def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, seed: int) -> None:
+def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, type: str, seed: int) -> None:
     writer.add_name(f"gpuscope synthetic llama {shape_label(shape)}")
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(MODEL_TYPES[type][0])
     writer.add_context_length(shape.n_ctx_train)
     writer.add_embedding_length(shape.n_embd)
     writer.add_block_count(shape.n_layer)
@@ -328,54 +358,66 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, seed: int) -> None
     writer.add_add_bos_token(True)
 
 
-def _tensor_values(spec: TensorSpec, seed: int, index: int, pool: ThreadPoolExecutor) -> np.ndarray:
-    """Norm weights are ones; matrices are uniform noise with standard deviation WEIGHT_STD.
+def _tensor_bytes(spec: TensorSpec, seed: int, index: int, pool: ThreadPoolExecutor) -> np.ndarray:
+    """The tensor's bytes: norm weights are ones; F16 matrices uniform noise, quantized matrices random blocks
+    (below), both with mean zero and standard deviation WEIGHT_STD.
 
     Uniform rather than normal: it is several times faster to draw, and values do not change decode cost. Each
     chunk has its own generator keyed by (seed, tensor, chunk), so the bytes do not depend on the thread count.
     """
-    if len(spec.shape) == 1:
-        return np.ones(spec.shape, dtype=spec.dtype)
-    values = np.empty(spec.shape, dtype=spec.dtype)
-    flat = values.reshape(-1)
-    half_width = WEIGHT_STD * math.sqrt(3.0)
+    if spec.type == Q.F32:
+        return np.ones(spec.shape, dtype=np.float32).view(np.uint8)
+    out = np.empty(spec.byte_shape, dtype=np.uint8)
+    flat = out.reshape(-1)
+    if spec.type == Q.F16:
+        values = flat.view(np.float16)
+        half_width = WEIGHT_STD * math.sqrt(3.0)
+        chunk_bytes = 2 * _CHUNK_ELEMENTS
 
-    def fill(chunk: int) -> None:
-        start = chunk * _CHUNK_ELEMENTS
-        stop = min(start + _CHUNK_ELEMENTS, flat.size)
-        draws = np.random.default_rng([seed, index, chunk]).random(stop - start, dtype=np.float32)
-        np.subtract(draws, 0.5, out=draws)
-        np.multiply(draws, 2.0 * half_width, out=flat[start:stop], casting="unsafe")
+        def fill(chunk: int) -> None:
+            start, stop = chunk * _CHUNK_ELEMENTS, min((chunk + 1) * _CHUNK_ELEMENTS, values.size)
+            draws = np.random.default_rng([seed, index, chunk]).random(stop - start, dtype=np.float32)
+            np.subtract(draws, 0.5, out=draws)
+            np.multiply(draws, 2.0 * half_width, out=values[start:stop], casting="unsafe")
+    else:
+        block_bytes = gguf.GGML_QUANT_SIZES[spec.type][1]
+        blocks_per_chunk = max(1, 2 * _CHUNK_ELEMENTS // block_bytes)
+        chunk_bytes = blocks_per_chunk * block_bytes
+        scales = _block_scales(spec.type)
 
-    list(pool.map(fill, range(math.ceil(flat.size / _CHUNK_ELEMENTS))))
-    return values
+        def fill(chunk: int) -> None:
+            start, stop = chunk * chunk_bytes, min((chunk + 1) * chunk_bytes, flat.size)
+            part = flat[start:stop]
+            part[:] = np.frombuffer(np.random.default_rng([seed, index, chunk]).bytes(stop - start), np.uint8)
+            blocks = part.reshape(-1, block_bytes)
+            for offset, value in scales:
+                blocks[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
 
-
-def run_quantize(program: Path, source: Path, target: Path, quantize_type: str) -> None:
-    """Run llama-quantize from `source` into `target` (atomically); its output is forwarded as progress."""
-    progress(f"quantizing to {quantize_type} with {program}")
-    with atomic_output(target) as partial:
-        command = [str(program), str(source), str(partial), quantize_type, str(os.cpu_count() or 1)]
-        tail: deque[str] = deque(maxlen=15)
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace")
-        assert process.stdout is not None
-        for line in process.stdout:
-            tail.append(line.rstrip())
-            print(f"  llama-quantize: {line.rstrip()}", file=sys.stderr, flush=True)
-        if process.wait() != 0:
-            raise QuantizeError(f"{program} failed with exit status {process.returncode}:\n" + "\n".join(tail))
+    list(pool.map(fill, range(math.ceil(flat.size / chunk_bytes))))
+    return out
 
 
-def _quantize_program(quantize: str | os.PathLike | None) -> Path:
-    """The given llama-quantize, or the one of the most recent hooked CPU engine build."""
-    if quantize is None:
-        try:
-            return find_program("llama-quantize")
-        except EngineNotFoundError as exc:
-            raise QuantizeError(f"quantized types need llama-quantize: {exc}; or pass the path of one "
-                                f"(--quantize PATH on the command line, quantize=PATH in Python)") from None
-    program = Path(quantize)
-    if not (program.is_file() and os.access(program, os.X_OK)):
-        raise QuantizeError(f"{program} is not an executable llama-quantize program")
-    return program
+# Where each block type keeps its f16 scale d (and, for the K-quants with minimums, dmin), and the dmin/d ratio
+# that centres the values on zero (the mean 4- or 5-bit quant): block_q8_0, block_q4_K, block_q5_K and block_q6_K
+# in ggml-common.h. All other bytes of a block (quants, packed sub-block scales) are random.
+_SCALE_LAYOUT: dict[gguf.GGMLQuantizationType, tuple[int, int | None, float]] = {
+    Q.Q8_0: (0, None, 0.0), Q.Q4_K: (0, 2, 7.5), Q.Q5_K: (0, 2, 15.5), Q.Q6_K: (208, None, 0.0),
+}
+
+
+@functools.cache
+def _block_scales(block_type: gguf.GGMLQuantizationType) -> list[tuple[int, float]]:
+    """(byte offset, f16 value) of the scales that give random blocks of this type a standard deviation of
+    WEIGHT_STD: measured by dequantizing random blocks with d = 1."""
+    d_at, dmin_at, ratio = _SCALE_LAYOUT[block_type]
+    block_bytes = gguf.GGML_QUANT_SIZES[block_type][1]
+    sample = np.frombuffer(np.random.default_rng(0).bytes(4096 * block_bytes), np.uint8).reshape(-1, block_bytes)
+    sample = sample.copy()
+
+    def with_scales(d: float) -> list[tuple[int, float]]:
+        return [(d_at, d)] + ([(dmin_at, d * ratio)] if dmin_at is not None else [])
+
+    for offset, value in with_scales(1.0):
+        sample[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+    unit_std = float(gguf.quants.dequantize(sample.reshape(-1), block_type).std())
+    return with_scales(WEIGHT_STD / unit_std)
