@@ -117,7 +117,8 @@ class StackSampler:
 
     marker: a function of the marker's seconds that runs it in the target and returns its (before, after)
     monotonic reads (default: `_gpuscope_stack_marker` here, right for pid == this process; for a session's
-    worker pass `lambda seconds: session.run(stack_marker, seconds)`). After the block: `.stacks` (the cpu_stacks table) and `.meta`."""
+    worker pass `lambda seconds: session.run(stack_marker, seconds)`). After the block: `.stacks` (the cpu_stacks
+    table) and `.meta`."""
 
     def __init__(self, pid: int | None = None, *, rate: int = 100,
                  marker: Callable[[float], tuple[int, int]] | None = None, py_spy: str | list[str] | None = None,
@@ -172,19 +173,21 @@ class StackSampler:
             time.sleep(0.01)
         seen_by = time.monotonic() + max(1.0, 50 / self.rate)
         while time.monotonic() < seen_by:
-            self._check_running()
-            if _tracer_of(self.pid) > 0:
+            if self._check_running() > 0:
                 return
             time.sleep(0.0005)
         self._marker_seconds = max(MARKER_SECONDS, 200 / self.rate)
         self.meta["first_sample_unseen"] = True
 
-    def _check_running(self) -> None:
+    def _check_running(self) -> int:
+        """The target's TracerPid (0: not traced now); raises when py-spy or the target has ended."""
         if self._process.poll() is not None:
             self._fail()
-        if _tracer_of(self.pid) < 0:
+        tracer = _tracer_of(self.pid)
+        if tracer < 0:
             self._stop()
             raise TargetExitedError(f"process {self.pid} exited before py-spy took its first sample")
+        return tracer
 
     def __exit__(self, *exc) -> None:
         try:

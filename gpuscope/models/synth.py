@@ -389,9 +389,7 @@ def _tensor_bytes(spec: TensorSpec, seed: int, index: int, pool: ThreadPoolExecu
             start, stop = chunk * chunk_bytes, min((chunk + 1) * chunk_bytes, flat.size)
             part = flat[start:stop]
             part[:] = np.frombuffer(np.random.default_rng([seed, index, chunk]).bytes(stop - start), np.uint8)
-            blocks = part.reshape(-1, block_bytes)
-            for offset, value in scales:
-                blocks[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+            _set_scales(part.reshape(-1, block_bytes), scales)
 
     list(pool.map(fill, range(math.ceil(flat.size / chunk_bytes))))
     return out
@@ -411,13 +409,17 @@ def _block_scales(block_type: gguf.GGMLQuantizationType) -> list[tuple[int, floa
     WEIGHT_STD: measured by dequantizing random blocks with d = 1."""
     d_at, dmin_at, ratio = _SCALE_LAYOUT[block_type]
     block_bytes = gguf.GGML_QUANT_SIZES[block_type][1]
-    sample = np.frombuffer(np.random.default_rng(0).bytes(4096 * block_bytes), np.uint8).reshape(-1, block_bytes)
-    sample = sample.copy()
+    sample = np.frombuffer(np.random.default_rng(0).bytes(4096 * block_bytes), np.uint8).reshape(-1, block_bytes).copy()
 
     def with_scales(d: float) -> list[tuple[int, float]]:
         return [(d_at, d)] + ([(dmin_at, d * ratio)] if dmin_at is not None else [])
 
-    for offset, value in with_scales(1.0):
-        sample[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+    _set_scales(sample, with_scales(1.0))
     unit_std = float(gguf.quants.dequantize(sample.reshape(-1), block_type).std())
     return with_scales(WEIGHT_STD / unit_std)
+
+
+def _set_scales(blocks: np.ndarray, scales: list[tuple[int, float]]) -> None:
+    """Write each (byte offset, value) as an f16 into every block (rows of `blocks`)."""
+    for offset, value in scales:
+        blocks[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)

@@ -126,7 +126,6 @@ class Ggml:
         ring_close.restype, ring_close.argtypes = None, []
         return ring_open, ring_close
 
-
     def forget_reported_plans(self) -> bool:
         """Have the hooks report FA plans and op placements again from now on (each is reported once per ring);
         False for a build whose hooks predate this."""
