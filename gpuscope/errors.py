@@ -119,3 +119,7 @@ class ReportError(GpuscopeError):
 
 class StaticExportUnavailableError(ReportError):
     """PNG / PDF export needs kaleido and a Chrome or Chromium browser, and one of them is missing."""
+
+
+class MissingExtraError(GpuscopeError):
+    """An optional part of gpuscope is used without the extra that installs it."""

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from gpuscope.errors import ReportError
+from gpuscope.extras import optional_import
 from gpuscope.paths import shipped_dir
 
 NOTEBOOKS = ("01-diagnose-slow-decode", "02-split-configurations", "03-before-after-patch",
@@ -48,8 +49,7 @@ def copy_notebooks(folder: str | os.PathLike) -> Path:
 
 def with_parameters(notebook, parameters: dict):
     """`notebook` with a cell assigning `parameters` inserted after its `parameters` cell."""
-    import nbformat
-
+    nbformat = optional_import("nbformat", extra="notebooks", needed_for="running a notebook")
     tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
     index = tagged[0] if tagged else None
     if index is None:
@@ -65,14 +65,13 @@ def run_notebook(name: str | os.PathLike, parameters: dict | None = None, *, cwd
     """Execute a notebook top to bottom in a fresh kernel (nbclient) with `parameters`; the working directory is
     `cwd` (default: the notebook's folder). Saves the executed notebook to `out` when given, and returns it; a
     failing cell raises nbclient's CellExecutionError (with the cell and its traceback)."""
-    import nbformat
-    from nbclient import NotebookClient
-
+    nbformat = optional_import("nbformat", extra="notebooks", needed_for="running a notebook")
+    nbclient = optional_import("nbclient", extra="notebooks", needed_for="running a notebook")
     path = notebook_path(name)
     notebook = with_parameters(nbformat.read(path, as_version=4), parameters or {})
     workdir = Path(cwd) if cwd is not None else path.parent
     workdir.mkdir(parents=True, exist_ok=True)
-    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+    client = nbclient.NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     try:
         client.execute()

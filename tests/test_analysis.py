@@ -10,7 +10,7 @@ from gguf import GGUFReader
 from analysis_traces import batches, bench, dataset, eval_callback, rpc, stacks, tiny_model
 from gpuscope.analysis import Analysis
 from gpuscope.analysis.budget import step_budget
-from gpuscope.analysis.model_bytes import ModelBytes, model_bytes, run_settings
+from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
 from gpuscope.analysis.stats import bootstrap_median_difference, robust_line
 from gpuscope.trace.combine import combine
 

@@ -1,7 +1,12 @@
 """The committed CPU datasets still say what datasets/README.md says they show (each was made for one problem), and
-every dataset opens, analyses and reports without an engine. About 15 s."""
+every dataset opens, analyses and reports without an engine, and reads the same without the files its run used.
+About 90 s."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +93,31 @@ def test_datasets_open_without_an_engine(name) -> None:
     analysis = Analysis(DATASETS / f"{name}.trace")
     figures = standard_figures(analysis)
     assert len(analysis.steps) and "step_time_vs_context" in figures
+
+
+_FINDINGS_OF_EVERY_DATASET = """
+import json, sys
+from pathlib import Path
+from gpuscope.analysis import Analysis
+root = Path(sys.argv[1])
+print(json.dumps({str(t.relative_to(root)): {f.id: [f.severity, f.statement] for f in Analysis(t).findings}
+                  for t in sorted(root.glob("*/*.trace"))}))
+"""
+
+
+def test_every_dataset_reads_the_same_on_a_machine_without_its_files(tmp_path) -> None:
+    """Traces stand alone: with another HOME and an empty cache (no model, no engine source) every dataset gets the
+    findings it gets here, word for word, and nothing is fetched into the cache."""
+    def findings_with(env: dict) -> dict:
+        done = subprocess.run([sys.executable, "-c", _FINDINGS_OF_EVERY_DATASET, str(DATASETS)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cache").mkdir()
+    elsewhere = findings_with({**os.environ, "HOME": str(tmp_path / "home"), "GPUSCOPE_CACHE": str(tmp_path / "cache")})
+    here = findings_with(dict(os.environ))
+    assert elsewhere == here
+    assert not any((tmp_path / "cache").iterdir())
+    assert len(here) == len(list(DATASETS.glob("*/*.trace")))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.memory import HOST
-from gpuscope.analysis.model_bytes import ModelBytes
+from gpuscope.trace.model_bytes import ModelBytes
 from gpuscope.analysis.stats import bin_medians, breakpoints, robust_line
 
 GROUP = ["config", "n_tokens"]
@@ -31,8 +31,11 @@ def fit_groups(steps: pd.DataFrame) -> pd.DataFrame:
         fit = robust_line(context, wall) if len(group) >= MIN_STEPS_FOR_FIT else None
         middle = (context.min() + context.max()) / 2
         upper = context >= middle
+        # the upper half must span a quarter of the range: the steps of one depth of a depth sweep (32768..32800)
+        # give a slope of their own noise and warm-up, not of the context
+        spread = np.ptp(context[upper]) >= 0.25 * np.ptp(context) if upper.any() else False
         long_fit = robust_line(context[upper], wall[upper]) \
-            if upper.sum() >= MIN_STEPS_FOR_FIT and len(np.unique(context[upper])) >= 2 and fit is not None else None
+            if upper.sum() >= MIN_STEPS_FOR_FIT and spread and fit is not None else None
         rows.append({
             "config": config, "n_tokens": int(n_tokens), "steps": len(group),
             "context_min": int(context.min()), "context_max": int(context.max()),

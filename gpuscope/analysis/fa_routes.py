@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gpuscope.analysis.ggml_names import type_name
+from gpuscope.trace.ggml_names import type_name
 from gpuscope.analysis.steps import assign_steps
 
 # what makes two selections the same plan: the attention's shape and types, and what was chosen

@@ -9,9 +9,9 @@ import pandas as pd
 
 from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, syncs
 from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
-from gpuscope.analysis.ggml_names import op_names
+from gpuscope.trace.ggml_names import op_names
 from gpuscope.analysis.health import health, last_events
-from gpuscope.analysis.model_bytes import ModelBytes, ModelFileError, model_bytes, run_settings
+from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
 from gpuscope.analysis.steps import assign_steps, event_runs, main_process, step_table
 from gpuscope.trace.model import Trace, load_trace
 
@@ -19,8 +19,9 @@ from gpuscope.trace.model import Trace, load_trace
 class Analysis:
     """Answers about one trace.
 
-    model: the GGUF file the run used, when the trace does not name it (the bandwidth floor needs its byte
-    counts); bandwidth: device name -> GB/s, overriding the trace's and the peak table's figures."""
+    model: the GGUF file the run used, read instead of the byte profile the trace recorded (traces made before
+    gpuscope recorded one need it for the bandwidth floor); bandwidth: device name -> GB/s, overriding the trace's
+    and the peak table's figures."""
 
     def __init__(self, trace: Trace | str | os.PathLike, *, model: str | os.PathLike | None = None,
                  bandwidth: dict[str, float] | None = None):
@@ -28,6 +29,7 @@ class Analysis:
         self.settings = run_settings(self.trace.meta)
         self.model_given = model is not None
         if model is not None:
+            model_bytes(model)  # a file that is not a GGUF model fails here, in one line
             self.settings["model"] = str(model)
         self.given_bandwidth = dict(bandwidth or {})
 
@@ -73,17 +75,13 @@ class Analysis:
             self.settings["default"]
 
     def model_of(self, config: str | None = None) -> ModelBytes | None:
-        """The model's byte counts under a configuration's cache types; None when the trace does not say which
-        model ran (pass model=) or the file is gone."""
-        path = self.settings.get("model")
+        """The model's byte counts under a configuration's cache types: from the model file given as model=, else
+        as the trace recorded them when it was made (never from a file the trace names); None when neither."""
         settings = self.settings_of(config)
-        try:
-            if path:
-                return model_bytes(path, settings["type_k"], settings["type_v"])
-        except ModelFileError:
-            pass
-        recorded = self.trace.meta.get("model_bytes")  # counted where the trace was made
-        if recorded and not self.model_given:
+        if self.model_given:
+            return model_bytes(self.settings["model"], settings["type_k"], settings["type_v"])
+        recorded = self.trace.meta.get("model_bytes")
+        if isinstance(recorded, dict):
             return ModelBytes.from_meta(recorded, settings["type_k"], settings["type_v"])
         return None
 

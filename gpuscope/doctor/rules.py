@@ -368,6 +368,9 @@ def context_growth(a) -> list[Finding]:
     findings = []
     for fit in _decode_groups(a).itertuples():
         floor_slope = a.floor_slope_ns_per_cell(fit.config)
+        if not np.isfinite(fit.long_slope_ci_low):  # no long-context fit of its own: the whole range's line
+            fit = fit._replace(long_from=float(fit.context_min), long_slope_ns_per_cell=fit.slope_ns_per_cell,
+                               long_slope_ci_low=fit.slope_ci_low, long_slope_ci_high=fit.slope_ci_high)
         if not np.isfinite(floor_slope) or floor_slope <= 0 or not np.isfinite(fit.long_slope_ci_low):
             continue
         if fit.steps < 16 or fit.context_max - fit.context_min < 1024:

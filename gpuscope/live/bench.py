@@ -16,6 +16,7 @@ import json
 import numpy as np
 
 from gpuscope.analysis.stats import bootstrap_median_difference
+from gpuscope.extras import optional_import
 
 _MARKER = "gpuscope-live-bench:"
 _KERNEL_CODE = """
@@ -66,13 +67,12 @@ def _depths(text: str) -> list[int]:
 def measure(model: str = "default", config: str = "", engine: str | None = None, depths=(0, 256, 512),
             steps: int = 16, rounds: int = 4, interval_s: float = 0.25) -> dict:
     """Run the comparison in a fresh kernel; returns both conditions' step times and their comparison."""
-    import nbformat
-    from nbclient import NotebookClient
-
+    nbformat = optional_import("nbformat", extra="notebooks", needed_for="gpuscope bench live")
+    nbclient = optional_import("nbclient", extra="notebooks", needed_for="gpuscope bench live")
     code = _KERNEL_CODE.format(model=model, config=config, engine=engine, rounds=rounds, interval=interval_s,
                                depths=list(depths), steps=steps, marker=_MARKER)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
-    NotebookClient(notebook, timeout=3600, kernel_name="python3").execute()
+    nbclient.NotebookClient(notebook, timeout=3600, kernel_name="python3").execute()
     text = "".join(o.get("text", "") for o in notebook.cells[0].outputs if o.get("output_type") == "stream")
     line = next(line for line in text.splitlines() if line.startswith(_MARKER))
     data = json.loads(line[len(_MARKER):])

@@ -303,12 +303,7 @@ def write_model(shape: ModelShape, type: str, specs: list[TensorSpec], seed: int
     with atomic_output(target) as partial:
         writer = gguf.GGUFWriter(partial, "llama")
         try:
-            _add_metadata(writer, shape, type, seed)
-            for spec in specs:
-                writer.add_tensor_info(spec.name, spec.byte_shape, np.dtype(np.uint8), spec.nbytes, raw_dtype=spec.type)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
+            _write_header(writer, shape, type, specs, seed)
             written = 0
             reported_tenths = 0
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -321,6 +316,28 @@ def write_model(shape: ModelShape, type: str, specs: list[TensorSpec], seed: int
                         reported_tenths = tenths
         finally:
             writer.close()
+
+
+def write_header(shape: ModelShape | str, type: str, target: str | os.PathLike, seed: int = 0) -> Path:
+    """Only the GGUF header of a synthetic model (metadata and tensor infos, no weights): all that its byte profile
+    (gpuscope.trace.model_bytes) is read from."""
+    if isinstance(shape, str):
+        shape = parse_shape(shape)
+    writer = gguf.GGUFWriter(Path(target), "llama")
+    try:
+        _write_header(writer, shape, type, shape.tensors(type), seed)
+    finally:
+        writer.close()
+    return Path(target)
+
+
+def _write_header(writer: gguf.GGUFWriter, shape: ModelShape, type: str, specs: list[TensorSpec], seed: int) -> None:
+    _add_metadata(writer, shape, type, seed)
+    for spec in specs:
+        writer.add_tensor_info(spec.name, spec.byte_shape, np.dtype(np.uint8), spec.nbytes, raw_dtype=spec.type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
 
 
 def _add_metadata(writer: gguf.GGUFWriter, shape: ModelShape, type: str, seed: int) -> None:

@@ -75,5 +75,6 @@ def combine_traces(traces: list[Trace], meta: dict) -> Trace:
     first = traces[0].meta if traces else {}
     combined = {"gpuscope_version": __version__, "configs": configs, "runs": runs,
                 "model": first.get("model"), "engine": first.get("engine"), "ring": first.get("ring", {}),
+                **{key: first[key] for key in ("model_bytes", "machine") if key in first},  # one model, one machine
                 "crashed": any(trace.meta.get("crashed") for trace in traces), **meta}
     return Trace(meta=combined, tables=tables)

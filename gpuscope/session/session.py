@@ -39,6 +39,7 @@ from gpuscope.session.ggml import Device, Ggml
 from gpuscope.session.model_info import ModelInfo, read_model_info
 from gpuscope.session.rpc import LocalRpcServers
 from gpuscope.trace.model import Trace, save_trace
+from gpuscope.trace.standalone import standalone_meta
 
 _POLL_INTERVAL_NS = 50_000_000  # drain rings at most every 50 ms between steps
 _FILL_SEED = 1234
@@ -499,8 +500,9 @@ class Session:
         if self.draft_info is not None:
             models["draft"] = self.draft_info.to_meta()
         return {"source": "session", "configs": [{**self.config.to_dict(), "label": self.label}],
-                "model": models["target"], "models": models, "engine": self.build.meta,
-                "devices": [{"name": d.name, "kind": d.kind, "description": d.description} for d in self.devices or []]}
+                "model": models["target"], "models": models,
+                "devices": [{"name": d.name, "kind": d.kind, "description": d.description} for d in self.devices or []],
+                **standalone_meta(self.model_info.path, self.build.meta)}
 
     def trace(self, *, tables: dict[str, pd.DataFrame] | None = None, **meta) -> Trace:
         """Steps, events of every process, and metadata (extra `meta` keys, e.g. workload=...)."""

@@ -24,6 +24,8 @@ from gpuscope import __version__
 from gpuscope.errors import GpuscopeError
 from gpuscope.ring.reader import RingReader, open_when_ready
 from gpuscope.trace.model import Trace, save_trace
+from gpuscope.trace.model_bytes import command_model
+from gpuscope.trace.standalone import standalone_meta
 
 # The symbol every patched build exports from ggml-base (or from a static program itself).
 _HOOK_SYMBOL = b"gpuscope_ring_open"
@@ -169,7 +171,7 @@ def record(command: list[str], out: str | os.PathLike, *, capacity: int | None =
         "duration_s": time.time() - started,
         "exit": ended,
         "ring": ring_meta,
-        "engine": _engine_meta(program),
+        **standalone_meta(command_model(command), _engine_meta(program)),
     }
     if stdout == subprocess.PIPE:
         meta["stdout"] = output.text()

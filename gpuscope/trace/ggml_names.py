@@ -1,6 +1,6 @@
 """Names for the raw ggml enums some payloads carry (ggml_type, ggml_op): their numbering belongs to the engine
-version, so op names come from the engine's own ggml.h, and type names from the `gguf` package (the GGUF file
-format fixes type numbers)."""
+version, so op names are read from the engine's own ggml.h when a trace is made and kept in its meta
+(`engine.ggml_ops`); type names come from the `gguf` package (the GGUF file format fixes type numbers)."""
 from __future__ import annotations
 
 import functools
@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 from gguf.constants import GGMLQuantizationType
+
+from gpuscope.engine.source import pinned_source_dir
 
 _OP_ENUM = re.compile(r"enum\s+ggml_op\s*\{(.*?)\};", re.S)
 _MEMBER = re.compile(r"^\s*GGML_OP_(\w+)\s*(?:=\s*(\d+))?\s*,", re.M)
@@ -41,17 +43,14 @@ def _candidate_headers(engine_meta: dict) -> list[Path]:
     paths = []
     for key in ("source", "source_dir", "tree"):
         value = engine_meta.get(key)
+        if isinstance(value, dict):  # a gpuscope build's meta: {"id", "path", "upstream"}
+            value = value.get("path")
         if isinstance(value, str):
             paths.append(Path(value) / "ggml" / "include" / "ggml.h")
     program_dir = engine_meta.get("program_dir")
     if isinstance(program_dir, str):
         paths.append(Path(program_dir).parent / "include" / "ggml.h")
-    try:
-        from gpuscope.engine.source import pinned_source_dir
-
-        paths.append(Path(pinned_source_dir()) / "ggml" / "include" / "ggml.h")
-    except (ImportError, OSError):
-        pass
+    paths.append(pinned_source_dir() / "ggml" / "include" / "ggml.h")
     return paths
 
 
@@ -60,11 +59,20 @@ def _op_names_of(path: str) -> dict[int, str]:
     return parse_op_names(Path(path).read_text(errors="replace"))
 
 
-def op_names(engine_meta: dict | None) -> dict[int, str]:
-    """ggml_op names of the trace's engine: its own source's ggml.h when known, else the pinned engine's."""
+def engine_op_names(engine_meta: dict | None) -> dict[int, str]:
+    """ggml_op names of an engine build, read from its own source's ggml.h (else the pinned engine's): called where
+    a trace is made, with the engine on this machine."""
     for path in _candidate_headers(engine_meta or {}):
         if path.is_file():
             names = _op_names_of(str(path))
             if names:
                 return names
     return {}
+
+
+def op_names(engine_meta: dict | None) -> dict[int, str]:
+    """ggml_op names as the trace recorded them (`engine.ggml_ops`); empty for a trace made without them."""
+    recorded = (engine_meta or {}).get("ggml_ops")
+    if not isinstance(recorded, dict):
+        return {}
+    return {int(value): str(name) for value, name in recorded.items() if str(value).lstrip("-").isdigit()}

@@ -281,6 +281,11 @@ def _split_values(text: str | None) -> list[float] | None:
         return None
 
 
+def command_model(command: list[str]) -> str | None:
+    """The model file a llama.cpp program's command line names (-m / --model)."""
+    return _flag_value([str(arg) for arg in command], ("-m", "--model"))
+
+
 def run_settings(meta: dict) -> dict:
     """What the analyses need to know about the run behind a trace, from what its maker recorded (a session's
     configurations, or a recorded program's command line): the model file, and per configuration label the KV
@@ -289,7 +294,7 @@ def run_settings(meta: dict) -> dict:
     model = meta.get("model")
     if isinstance(model, dict):
         model = model.get("path")
-    model = model or _flag_value(command, ("-m", "--model"))
+    model = model or command_model(command)
     default = {
         "type_k": _flag_value(command, ("-ctk", "--cache-type-k")) or "f16",
         "type_v": _flag_value(command, ("-ctv", "--cache-type-v")) or "f16",

@@ -1,0 +1,79 @@
+"""What a trace records about its run when it is made, so that it stands alone: the analyses read only the trace,
+never a file it names (a model that may be gone, an engine source another machine lacks) or the machine they run on.
+
+- `model_bytes`: the model's byte profile (weights read per step, bytes per layer, KV elements per cell), from the
+  GGUF header; the cache types of each configuration are applied when it is read.
+- `engine.ggml_ops`: the engine's ggml_op names by value (op numbers belong to the engine version).
+- `machine`: the system, CPU, memory and GPUs with their driver.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from gpuscope.trace.ggml_names import engine_op_names
+from gpuscope.trace.model_bytes import ModelFileError, model_bytes
+
+
+def standalone_meta(model: str | os.PathLike | None, engine: dict | None) -> dict:
+    """Meta entries for a trace of a run of `model` on the engine build `engine` (its build meta)."""
+    facts: dict = {"machine": machine()}
+    engine = dict(engine or {})
+    ops = engine_op_names(engine)
+    if ops:
+        engine["ggml_ops"] = {str(value): name for value, name in sorted(ops.items())}
+    facts["engine"] = engine
+    if model:
+        try:
+            facts["model_bytes"] = model_bytes(model).to_meta()
+        except (ModelFileError, OSError, ValueError) as exc:
+            facts["model_bytes_error"] = f"{model}: {exc}"
+    return facts
+
+
+@functools.cache
+def machine() -> dict:
+    """This machine: system, CPU model and cores, memory, and each NVIDIA GPU with its driver."""
+    facts = {"system": platform.platform(), "cpu": _cpu_model(), "cpu_cores": os.cpu_count(),
+             "memory_bytes": _memory_bytes()}
+    gpus = _nvidia_gpus()
+    if gpus:
+        facts["gpu"] = "; ".join(gpus)
+    return {key: value for key, value in facts.items() if value is not None}
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _nvidia_gpus() -> list[str]:
+    """'name, driver, memory' per GPU, as nvidia-smi reports them; none without nvidia-smi."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        done = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
