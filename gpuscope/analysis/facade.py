@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, syncs
+from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, syncs, verdict
 from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
 from gpuscope.trace.ggml_names import op_names
 from gpuscope.analysis.health import health, last_events
@@ -32,6 +32,7 @@ class Analysis:
             model_bytes(model)  # a file that is not a GGUF model fails here, in one line
             self.settings["model"] = str(model)
         self.given_bandwidth = dict(bandwidth or {})
+        self._options = {"model": model, "bandwidth": bandwidth}
 
     def table(self, kind: str) -> pd.DataFrame:
         return self.trace.table(kind)
@@ -53,6 +54,28 @@ class Analysis:
         """The step each event of `kind` happened in (-1: none), aligned with the kind's table."""
         frame = self.table(kind)
         return pd.Series(assign_steps(frame, self.steps), index=frame.index, name="in_step")
+
+    # -- configurations ------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def configs(self) -> list[str]:
+        """The configuration labels of the trace's steps, in the order they ran."""
+        return [str(c) for c in pd.unique(self.steps["config"])] if len(self.steps) else []
+
+    def of_config(self, config: str) -> "Analysis":
+        """The same questions about one configuration: an Analysis of its steps and events alone."""
+        if len(self.configs) <= 1:
+            return self
+        return Analysis(config_trace(self.trace, self.steps, config), **self._options)
+
+    @functools.cached_property
+    def config_table(self) -> pd.DataFrame:
+        """Per configuration and depth: decode ms per token, tokens/s, growth, floor share, rank (see verdict)."""
+        return verdict.config_table(self.steps, self.fits, self.floor)
+
+    @functools.cached_property
+    def slower_configs(self) -> pd.DataFrame:
+        return verdict.slower_configs(self.config_table)
 
     # -- step time against context -----------------------------------------------------------------------------
 
@@ -262,3 +285,18 @@ class Analysis:
     def __repr__(self) -> str:
         where = self.trace.path or "in memory"
         return f"Analysis({where}: {len(self.steps)} steps)"
+
+
+def config_trace(trace: Trace, steps: pd.DataFrame, config: str) -> Trace:
+    """The part of a trace that one configuration made: a session sweep's tables carry a `config` column, a
+    combined trace's a `run` column (the steps say which runs the configuration had)."""
+    runs = set(steps.loc[steps["config"] == config, "run"].astype(int))
+    tables = {}
+    for kind, frame in trace.tables.items():
+        if "config" in frame.columns:
+            frame = frame[(frame["config"].astype(str) == config).to_numpy(bool)]
+        elif "run" in frame.columns:
+            frame = frame[frame["run"].isin(runs).to_numpy(bool)]
+        tables[kind] = frame.reset_index(drop=True)
+    meta = {**trace.meta, "configs": [c for c in trace.meta.get("configs") or [] if str(c.get("label")) == config]}
+    return Trace(meta=meta, tables=tables, path=trace.path)

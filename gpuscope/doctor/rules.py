@@ -27,6 +27,13 @@ def _ms(ns: float) -> str:
     return f"{ns / 1e6:.3g} ms"
 
 
+def _ratio(low: float, high: float) -> str:
+    """'1.3x', '1.3-2.1x', '11-18x'."""
+    def one(x: float) -> str:
+        return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
+    return f"{one(low)}x" if one(low) == one(high) else f"{one(low)}-{one(high)}x"
+
+
 def _percent(share: float) -> str:
     return f"{share:.0%}" if share >= 0.01 else f"{share * 100:.2g}%"
 
@@ -116,7 +123,9 @@ def allocator_churn(a) -> list[Finding]:
         evidence={"steps_with_reallocation": len(busy), "steps": n, "reallocations": int(busy["reallocs"].sum()),
                   "reasons": reasons, "re_reserves": int(busy["reserves"].sum()),
                   "bytes_freed": int(busy["bytes_freed"].sum()), "bytes_allocated": int(busy["bytes_allocated"].sum()),
-                  "time_lost_ns": lost, "alternating_allocators": int(len(alternating))},
+                  "time_lost_ns": lost, "alternating_allocators": int(len(alternating)),
+                  "saving_method": "the scheduler's re-reserve time measured in these steps" if share is not None
+                  else "none: one backend re-plans inside the allocator, untimed"},
         cause=cause,
         actions=["reserve once for the largest graph (ggml_backend_sched_reserve / gallocr_reserve with the "
                  "worst-case batch) so smaller graphs fit the same layout",
@@ -167,7 +176,8 @@ def graph_rebuilt(a) -> list[Finding]:
                   "rebuilt_with_new_shape": changed, "shapes": [list(s) for s in shapes[:10]],
                   "host_prepare_rebuilt_median_ns": float(host_rebuilt.median()) if len(host_rebuilt) else None,
                   "host_prepare_reused_median_ns": baseline if len(reused_ids) else None,
-                  "cpu_cost_ns": cost},
+                  "cpu_cost_ns": cost,
+                  "saving_method": "host preparation of the rebuilt steps above the reused steps' median"},
         cause=cause,
         actions=["keep the batch shape steady: pad decode batches to a fixed token count, keep prefill and decode "
                  "in separate calls",
@@ -184,14 +194,23 @@ def fa_route_none(a) -> list[Finding]:
     shapes = none.drop_duplicates(["device", "head_dim_k", "head_dim_v", "type_k", "type_v", "reason"])
     reasons = sorted(set(none["reason"]))
     at_compute = bool((none["caller"] == "compute").any())
-    # what the fallback costs: the other backends' splits, and the copies and input syncs around them
+    # what the fallback's splits, copies and input syncs take: an upper bound of the saving, not the saving (the
+    # attention still runs somewhere once FlashAttention is off)
     budget = a.budget
-    share = None
+    fallback_share = None
     if len(budget) and budget["wall_ns"].sum():
         devices = set(none["device"])
         columns = [c for c in budget.columns if (c.startswith("split:") and c[6:] not in devices)
                    or c in ("copy", "sync:input_copy", "sync:async_fallback")]
-        share = float(budget[columns].sum().sum() / budget["wall_ns"].sum())
+        fallback_share = float(budget[columns].sum().sum() / budget["wall_ns"].sum())
+    f16_kv = set(none["type_k"].astype(str)) | set(none["type_v"].astype(str)) <= {"f16", "bf16"}
+    turn_off = "turn FlashAttention off for this model (-fa off / flash_attn='off') rather than fall back op by op"
+    other_kv = "use a KV cache type with a kernel here (f16, or q8_0 with a build that has it)"
+    rebuild = "build the engine with the kernels for this head size / architecture"
+    if reasons[0] == "kv_type" and not f16_kv:
+        actions = [other_kv, turn_off, rebuild]
+    else:  # a head size, GQA ratio, mask or architecture with no kernel: the KV type is not the problem
+        actions = [turn_off, rebuild] + ([] if f16_kv else [other_kv])
     return [Finding(
         id="fa.route-none", severity="critical",
         statement=f"FlashAttention has no kernel for {len(shapes)} attention shape(s) "
@@ -200,34 +219,36 @@ def fa_route_none(a) -> list[Finding]:
                      ": the scheduler runs these ops on another backend"),
         evidence={"shapes": _records(shapes[["device", "head_dim_k", "head_dim_v", "q_heads", "kv_heads", "type_k",
                                              "type_v", "reason"]]),
-                  "callers": sorted(set(none["caller"]))},
+                  "callers": sorted(set(none["caller"])), "fallback_time_share": fallback_share,
+                  "saving_method": "none: the fallback's splits and copies take fallback_time_share of the steps, "
+                                   "an upper bound; what FlashAttention off saves needs a run with it off"},
         cause={"head_size": "the K/V head size has no kernel on this device (or K and V head sizes differ)",
                "gqa": "the head size needs a GQA ratio this model does not have",
                "kv_type": "the KV cache type has no FlashAttention kernel here",
                "mask_broadcast": "the mask is broadcast over heads (mask->ne[2] != 1)",
                "compiled_out": "the build has no FlashAttention kernels",
                "arch": "no kernel for this GPU architecture"}.get(reasons[0], "see the reason column"),
-        actions=["use a KV cache type with a kernel (f16, or q8_0 with a build that has it)",
-                 "build the engine with the kernels for this head size / architecture",
-                 "turn FlashAttention off for this model (-fa off) rather than fall back op by op"],
-        share=share, rows=none, rows_kind="fa_plan")]
+        actions=actions, share=None, rows=none, rows_kind="fa_plan")]
 
 
 def off_device(a) -> list[Finding]:
     placed = a.op_placements
     if not len(placed):
         return []
-    # ops moved onto a GPU from a CPU layer are the scheduler's op offload (a speed-up): not a problem
-    fallback = placed[placed["is_attention"] | (placed["backend"].str.upper() == "CPU")]
+    # ops moved onto a device from a CPU layer are the scheduler's op offload (a speed-up, typically of prefill
+    # batches): never a fault, whatever the op
+    offloaded = (placed["layer_backend"].str.upper() == "CPU") & (placed["backend"].str.upper() != "CPU")
+    fallback = placed[~offloaded & (placed["is_attention"] | (placed["backend"].str.upper() == "CPU"))]
     if not len(fallback):
         return []
+    phase = _phase_of(a, "op_placement", fallback["seq"])
     attention = fallback[fallback["is_attention"]]
     pairs = sorted(set(zip(fallback["layer_backend"], fallback["backend"])))
     copy_share = float(a.copy_pairs["share"].sum()) if len(a.copy_pairs) else None
     if len(attention):
         statement = (f"{len(attention)} FlashAttention op(s) of {attention['layer'].nunique()} layer(s) run on "
                      "another backend than their layer's device")
-        severity = "critical"
+        severity = "critical" if phase != "prefill" else "warning"
     else:
         # other ops kept on the CPU are often asked for (--override-tensor for experts): worth knowing, not a fault
         statement = (f"{len(fallback)} op(s) of {fallback['layer'].nunique()} layer(s) run on the CPU, not on their "
@@ -238,14 +259,16 @@ def off_device(a) -> list[Finding]:
         statement=statement + f" ({', '.join(f'{layer} -> {backend}' for layer, backend in pairs)})",
         evidence={"ops": sorted(set(fallback["op"])), "layers": sorted(int(x) for x in set(fallback["layer"]))[:40],
                   "attention_ops": int(len(attention)), "device_pairs": [list(p) for p in pairs],
-                  "copy_time_share": copy_share},
+                  "copy_time_share": copy_share,
+                  "saving_method": "none: the copies around these ops are counted in copies.cross-device when they "
+                                   "cost time; what moving the ops back saves needs a run with the fix"},
         cause=("the layer's device cannot run these ops (no kernel for this shape or type, see fa.route-none) or "
                "their inputs live elsewhere (weights kept on the CPU by --override-tensor, a KV cache kept off "
                "the layer's device), so the scheduler splits the graph around them"),
         actions=["use a KV type and head size the device has kernels for",
                  "keep the layer's weights and KV cache on its device (check --override-tensor, --no-kv-offload)",
                  "GGML_SCHED_DEBUG=2 prints the split assignment"],
-        share=copy_share, rows=fallback, rows_kind="op_placement")]
+        share=None, rows=fallback, rows_kind="op_placement", phase=phase)]
 
 
 # -- syncs ----------------------------------------------------------------------------------------------------------
@@ -275,14 +298,17 @@ def eval_callback_syncs(a) -> list[Finding]:
                   f"step, the pieces with the callback's own work {share:.0%}",
         evidence={"steps": int(len(cb)), "syncs_per_step": float(cb["syncs"].mean()),
                   "views_needed_per_step": float(cb["needed"].mean()), "views_per_split": views_per_split,
-                  "sync_time_share": sync_share, "time_in_callback_splits_share": share},
+                  "sync_time_share": sync_share, "time_in_callback_splits_share": share,
+                  "saving_method": "none: the pieces hold the step's own work too (removing a callback that "
+                                   "captured three layers saved 14% of an H200 step where these shares said 98%); "
+                                   "measure it with gpuscope ab, the program with and without the callback"},
         cause=("a graph eval callback (llama-eval-callback, imatrix, a debugging cb_eval) asks for "
                f"{cb['needed'].sum() / max(cb['views'].sum(), 1):.0%} of the nodes: the scheduler computes up to "
                "each requested node and waits for the device before calling it"),
         actions=["ask only for the tensors you need (return false from the callback's ask phase for the rest)",
                  "remove the callback from production runs",
                  "capture tensors asynchronously (copy them out in a second graph) instead of per-node syncs"],
-        share=share, rows=rows.drop(columns=["in_step"]), rows_kind="sync")]
+        share=None, rows=rows.drop(columns=["in_step"]), rows_kind="sync")]
 
 
 # -- splits and copies -------------------------------------------------------------------------------------------------
@@ -336,7 +362,8 @@ def cross_device_copies(a) -> list[Finding]:
                   "layers_copied_per_step": layers_per_step, "devices_holding_weights_or_kv": devices,
                   "pairs": _records(pairs[["src_device", "dst_device", "copies_per_step", "bytes_per_step",
                                            "time_per_step_ns"]]) if len(pairs) else [],
-                  "splits_per_step": float(a.splits["splits"].median()) if len(a.splits) else None},
+                  "splits_per_step": float(a.splits["splits"].median()) if len(a.splits) else None,
+                  "saving_method": "the measured time of the copies for those layers"},
         cause=cause,
         actions=["keep the KV cache with its layers (drop --no-kv-offload / offload_kqv=false)",
                  "keep weights on the device of the layer that reads them (check --override-tensor rules)",
@@ -386,7 +413,7 @@ def context_growth(a) -> list[Finding]:
                               / long_steps["wall_ns"], 0, 1).mean())
         findings.append(Finding(
             id="context.growth-above-floor", severity="warning",
-            statement=f"[{fit.config}, {fit.n_tokens} token(s)] beyond {fit.long_from:.0f} cells a step grows "
+            statement=f"[{fit.n_tokens} token(s) per step] beyond {fit.long_from:.0f} cells a step grows "
                       f"{fit.long_slope_ns_per_cell:.3g} ns per context cell (95% CI {fit.long_slope_ci_low:.3g} to "
                       f"{fit.long_slope_ci_high:.3g}), {fit.long_slope_ns_per_cell / floor_slope:.1f}x what reading "
                       f"the KV cache explains ({floor_slope:.3g} ns per cell)",
@@ -395,7 +422,9 @@ def context_growth(a) -> list[Finding]:
                       "whole_range_slope_ns_per_cell": fit.slope_ns_per_cell,
                       "floor_slope_ns_per_cell": floor_slope, "context_range": [fit.context_min, fit.context_max],
                       "excess_over_range_ns": excess, "steps": fit.steps,
-                      "bandwidth": _records(a.bandwidth), "breakpoints": _records(
+                      "bandwidth": _records(a.bandwidth),
+                      "saving_method": "the long-context steps' time above the floor's growth, measured",
+                      "breakpoints": _records(
                           a.breakpoints[(a.breakpoints["config"] == fit.config) &
                                         (a.breakpoints["n_tokens"] == fit.n_tokens)])},
             cause=("attention costs more per cell than its memory traffic: FlashAttention off (the KQ matrix is "
@@ -429,7 +458,7 @@ def short_context_overhead(a) -> list[Finding]:
         top_share = (top / budget["wall_ns"].sum()).head(4)
         findings.append(Finding(
             id="context.short-above-floor", severity="warning",
-            statement=f"[{fit.config}, {fit.n_tokens} token(s)] at short context a step takes "
+            statement=f"[{fit.n_tokens} token(s) per step] at short context a step takes "
                       f"{_ms(short['wall_ns'].median())} where reading its bytes takes "
                       f"{_ms(short['floor_ns'].median())}: "
                       f"{_percent(efficiency)} of the memory-bandwidth floor",
@@ -437,12 +466,13 @@ def short_context_overhead(a) -> list[Finding]:
                       "floor_median_ns": float(short["floor_ns"].median()),
                       "bytes_per_step": float(short["bytes_read"].median()), "steps": int(len(short)),
                       "budget_top": {k: float(v) for k, v in top_share.items()},
-                      "bandwidth": _records(a.bandwidth)},
+                      "bandwidth": _records(a.bandwidth),
+                      "saving_method": "none: 1 - efficiency is the gap to the floor, a bound no fix reaches"},
             cause=("fixed costs per step dominate, not memory traffic: CPU-side graph build and scheduling, kernel "
                    "launch overhead, synchronizations (the budget's top categories are in the evidence)"),
             actions=["keep graph reuse on (steady batch shapes) and CUDA graphs enabled (GGML_CUDA_DISABLE_GRAPHS "
                      "unset)", "reduce splits: offload every layer to one device", "batch several sequences per step"],
-            share=float(np.clip(1 - efficiency, 0, 1)), rows=short.drop(columns=["cold_start"]), rows_kind="steps"))
+            share=None, rows=short.drop(columns=["cold_start"]), rows_kind="steps"))
     return findings
 
 
@@ -458,7 +488,7 @@ def split_imbalance(a) -> list[Finding]:
     worst = off.loc[off["deviation"].abs().idxmax()]
     return [Finding(
         id="memory.split-imbalance", severity="warning",
-        statement=f"[{worst['config']}] {worst['location']} holds {worst['share']:.0%} of the offloaded weights where "
+        statement=f"{worst['location']} holds {worst['share']:.0%} of the offloaded weights where "
                   f"the split asks "
                   f"for {worst['requested_share']:.0%} ({worst['split_source']})",
         evidence={"devices": _records(table)},
@@ -467,6 +497,65 @@ def split_imbalance(a) -> list[Finding]:
         actions=["set --tensor-split to the proportions you want, counting the output layer",
                  "check the devices' free memory when the model loads (the default split follows it)"],
         share=None, rows=table, rows_kind="weights per device")]
+
+
+def _phase_of(a, kind: str, seqs: pd.Series) -> str | None:
+    """'decode' or 'prefill' when every event of `kind` with these seqs fell in steps of that phase."""
+    table = a.table(kind)
+    in_step = a.in_step(kind)[table["seq"].isin(seqs).to_numpy(bool)]
+    tokens = a.steps.set_index("step")[["n_tokens", "n_seqs"]].reindex(in_step[in_step >= 0])
+    if not len(tokens):
+        return None
+    decode = tokens["n_tokens"] == tokens["n_seqs"].fillna(1)
+    return "decode" if decode.all() else "prefill" if not decode.any() else None
+
+
+# -- configurations side by side ----------------------------------------------------------------------------------
+
+# A configuration slower than the best by less than this at some depth is within what reruns of one configuration
+# vary by on a shared machine (the CPU sweep datasets: 1.1-1.3x between neighbouring depths of one configuration).
+SLOWER_RATIO = 1.25
+
+
+def _settings_diff(a, config: str, fastest: str) -> dict:
+    """The settings in which a configuration differs from the fastest one: {key: [here, fastest]}."""
+    by_label = {str(c.get("label")): c for c in a.trace.meta.get("configs") or []}
+    here, best = by_label.get(config, {}), by_label.get(fastest, {})
+    return {key: [here.get(key), best.get(key)] for key in sorted(set(here) | set(best))
+            if key not in ("label", "name") and here.get(key) != best.get(key)}
+
+
+def slower_configs(a) -> list[Finding]:
+    findings = []
+    table = a.config_table
+    for row in a.slower_configs.itertuples():
+        if len(row.depths) < row.depths_measured or row.slowdown_min < SLOWER_RATIO:
+            continue  # fastest at some depth, or within the noise of reruns
+        diff = _settings_diff(a, row.config, row.fastest)
+        budgets = {c: a.of_config(c).budget_summary.head(3) for c in (row.config, row.fastest)}
+        top = budgets[row.config]
+        why = "; ".join(f"{k}={here!r} where `{row.fastest}` has {best!r}" for k, (here, best) in diff.items()) \
+            or "the trace does not record how the two configurations differ"
+        share = row.ms_behind / row.ms_per_token
+        findings.append(Finding(
+            id="config.slower", severity="critical" if share >= 0.5 else "warning",
+            statement=f"{_ratio(row.slowdown_min, row.slowdown_max)} slower than the fastest configuration at each of "
+                      f"its {row.depths_measured} depth(s) (`{row.fastest}` at most; median {row.ms_per_token:.3g} ms "
+                      f"per token, {row.ms_behind:.3g} ms more); it differs from `{row.fastest}` in: {why}",
+            evidence={"fastest": row.fastest, "depths": row.depths, "slowdown": [row.slowdown_min, row.slowdown_max],
+                      "ms_per_token": row.ms_per_token, "ms_behind_per_token": row.ms_behind, "settings": diff,
+                      "budget_top": {c: {r.category: float(r.share) for r in b.itertuples()}
+                                     for c, b in budgets.items()},
+                      "saving_method": f"measured in this trace: `{row.fastest}`'s median time per token at the "
+                                       "same depths"},
+            cause=(f"its top costs are {', '.join(f'{r.category} {r.share:.0%}' for r in top.itertuples())}"
+                   if len(top) else "see its own findings"),
+            actions=[f"use `{row.fastest}`'s settings" + (": " + ", ".join(f"{k}={best!r}" for k, (_, best)
+                                                                            in diff.items()) if diff else ""),
+                     "read this configuration's own findings for the mechanism"],
+            share=share, saving_ns=row.ms_behind * 1e6, config=row.config, phase="decode",
+            rows=table[table["config"] == row.config], rows_kind="configurations"))
+    return findings
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -488,7 +577,47 @@ RULES: tuple[tuple[str, Callable], ...] = (
 )
 
 
+# about the recording, not a configuration: run once per trace
+TRACE_RULES = {"trace.lost-events", "engine.crashed"}
+
+
 def diagnose(analysis) -> list[Finding]:
-    """Every rule's findings, most severe first, then by the share of step time at stake."""
-    findings = [finding for _, rule in RULES for finding in rule(analysis)]
+    """Every rule's findings, each rule run on each configuration's part of the trace (and the findings named
+    after it), the configurations compared, most severe first, then by the saving of the first remedy."""
+    findings = [f for rule_id, rule in RULES if rule_id in TRACE_RULES for f in rule(analysis)]
+    for config in analysis.configs or [None]:
+        part = analysis.of_config(config) if config is not None else analysis
+        wall = part.complete_steps["wall_ns"]
+        for rule_id, rule in RULES:
+            if rule_id in TRACE_RULES:
+                continue
+            for finding in rule(part):
+                finding.config = finding.config or config
+                if finding.share is not None and finding.saving_ns is None and len(wall):
+                    finding.saving_ns = finding.share * float(wall.mean())  # shares are of the steps' total time
+                findings.append(finding)
+    findings += slower_configs(analysis)
     return sorted(findings, key=lambda f: f.sort_key)
+
+
+def headline(analysis, findings: list[Finding]) -> str:
+    """One sentence to open with: the biggest saving found and what to do, or what was measured when nothing is
+    wrong."""
+    timed = [f for f in findings if f.severity != "info" and f.saving_ns is not None]
+    if timed:
+        best = max(timed, key=lambda f: f.saving_ns)
+        where = f"`{best.config}`: " if best.config else ""
+        return f"{where}{best.statement}. First try: {best.actions[0]} ({best.saving_text()}, " \
+               f"{best.evidence.get('saving_method', 'estimated')})."
+    serious = [f for f in findings if f.severity != "info"]
+    if serious:
+        f = serious[0]
+        return f"{'`' + f.config + '`: ' if f.config else ''}{f.statement}. First try: {f.actions[0]}."
+    table = analysis.config_table
+    if not len(table):
+        return "No problem found; the trace has no complete decode steps to measure."
+    fastest = table[table["rank"] == 1].sort_values("depth")
+    parts = ", ".join(f"{r.ms_per_token:.3g} ms per token at depth {r.depth}" for r in fastest.head(3).itertuples())
+    lead = f"`{fastest['config'].iloc[0]}` is the fastest of {len(analysis.configs)} configurations: " \
+        if len(analysis.configs) > 1 else f"`{fastest['config'].iloc[0]}`: "
+    return f"No problem found. {lead}{parts}."

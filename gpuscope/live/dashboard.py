@@ -401,7 +401,10 @@ class Dashboard:
             self.findings_html.value = "<b>Findings</b>: none so far"
             return
         items = "".join(f"<li><b style='color:{_SEVERITY_COLORS[f.severity]}'>{f.severity}</b> "
-                        f"<code>{html.escape(f.id)}</code>: {html.escape(f.statement)}</li>" for f in self.findings)
+                        f"<code>{html.escape(f.id)}</code>" + (f" <b>{html.escape(f.config)}</b>" if f.config else "")
+                        + f": {html.escape(f.statement)}"
+                        + (f" <i>({html.escape(f.saving_text())})</i>" if f.share is not None else "") + "</li>"
+                        for f in self.findings)
         self.findings_html.value = f"<b>Findings</b> (doctor, on what was read so far)<ul>{items}</ul>"
 
     def _trace_so_far(self, events: RingEvents):

@@ -49,7 +49,8 @@ def _summary(a: Analysis) -> str:
 
 
 def _finding(f) -> str:
-    share = f" &middot; {f.share:.1%} of step time at stake" if f.share is not None else ""
+    share = "".join(f" &middot; {esc(part)}" for part in (f.config and f"configuration {f.config}", f.phase,
+                                                          f.saving_text()) if part)
     evidence = pairs(f.evidence.items())
     actions = "".join(f"<li>{esc(action)}</li>" for action in f.actions)
     rows = ""
@@ -61,6 +62,16 @@ def _finding(f) -> str:
             f"</span><code>{esc(f.id)}</code><span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
             f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
             f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
+
+
+def _verdict(a: Analysis) -> str:
+    """The doctor's one sentence, then the configurations side by side when there are several."""
+    from gpuscope.doctor.rules import headline
+
+    lead = f"<p class='verdict'><b>{esc(headline(a, a.findings))}</b></p>"
+    if len(a.configs) > 1 and len(a.config_table):
+        lead += "<h3>Configurations side by side (decode, fastest first at each depth)</h3>" + table(a.config_table)
+    return lead
 
 
 def _findings(a: Analysis) -> str:
@@ -165,6 +176,7 @@ def report_html(analysis: Analysis, *, title: str | None = None) -> str:
     plots = "".join(f"<h3>{esc(_FIGURE_TITLES.get(key, key))}</h3>{figure_div(fig)}" for key, fig in figures.items())
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
+        ("verdict", "Verdict", _verdict(a)),
         ("summary", "Summary", _summary(a)),
         ("findings", "Findings", _findings(a)),
         ("plots", "Plots", plots),
