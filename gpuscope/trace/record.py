@@ -1,12 +1,27 @@
-"""`gpuscope record`: run any program of a patched engine build with a fresh ring and turn its events into a trace.
+"""`gpuscope record`: run a program with a fresh ring and turn the events its hooks emit into a trace.
 
-The program finds the ring through $GPUSCOPE_RING and opens it on its first event. This process drains the ring
-while the program runs (so a long run survives on a modest ring) and once more after it exits; if the program
-dies, the records it committed before dying are all in the file, and the trace says how it died.
+The program runs as given: a hooked build's llama-server, a Python script whose llama-cpp-python loads a hooked build
+(`--engine NAME` points it there), a virtualenv's interpreter. It finds the ring through $GPUSCOPE_RING, which its
+hooks open on their first event, so whether it runs a hooked engine at all shows in what it emits: nothing by the
+end (or for the first seconds) gives a warning that says how to fix it. This process drains the ring while the program
+runs (so a long run survives on a modest ring), rewrites the trace every few seconds (always complete on disk, see
+recover.py) and once more after the program exits; if the program dies, the records it committed before dying are
+all in the file, and the trace says how it died.
+
+SIGINT, SIGTERM and SIGHUP to the recorder stop the program: the program gets the signal once, the recorder waits for
+it, drains the ring and writes the trace marked interrupted; a second signal kills the program (SIGKILL) once what
+was read is saved. The program runs in a process group of its own, so a signal sent to the recorder's whole group
+(timeout(1), a CI runner, `kill -- -PGID`) reaches it only through the recorder, which forwards it once to that group.
+The exception is a recorder in the foreground of a terminal: there the program stays in the recorder's group, as it
+must to read the terminal and to stop and go on with it (Ctrl-Z). The terminal sends Ctrl-C to that whole group, and
+the shell that owns the terminal resends a hangup to it, so the recorder does not forward those a second time (only
+a recorder that leads the terminal's session itself, as under `ssh -t`, gets the hangup alone, and forwards it). The
+program dies with the recorder (PR_SET_PDEATHSIG): never an orphan.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shlex
@@ -14,57 +29,43 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 from gpuscope import __version__
-from gpuscope.errors import GpuscopeError
-from gpuscope.ring.reader import RingReader, open_when_ready
-from gpuscope.trace.model import Trace, save_trace
+from gpuscope.errors import GpuscopeError, RingError
+from gpuscope.ring.schema import load_schema
+from gpuscope.trace.model import Trace
 from gpuscope.trace.model_bytes import command_model
+from gpuscope.trace.recover import (COMPLETE, IN_PROGRESS, check_trace_path, claim, publish, recover_abandoned,
+                                    recover_ring, release)
+from gpuscope.trace.ringtap import RingCollector, ring_dir, signal_name
 from gpuscope.trace.standalone import standalone_meta
 
-# The symbol every patched build exports from ggml-base (or from a static program itself).
-_HOOK_SYMBOL = b"gpuscope_ring_open"
 _DRAIN_INTERVAL_S = 0.05
+# The trace on disk is rewritten this often while the program runs. A rewrite costs time in proportion to the events
+# kept, so the interval grows with it: rewriting takes at most a tenth of the recorder's time.
+_FLUSH_INTERVAL_S = 2.0
+_FLUSH_SHARE = 0.1
+# A hooked engine emits its first events (devices, buffers) while it loads a model: nothing by then means no hooks.
+_SILENT_WARNING_S = 10.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The same signal again this soon is the same request sent twice: timeout(1) and CI runners signal the recorder and
+# then its whole process group, the recorder included. Only a later one means "kill it".
+_REPEAT_WINDOW_S = 0.5
+_RING_PREFIX = "gpuscope-record-"
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: the child only calls it
+
+
+class RecordError(GpuscopeError):
+    """`gpuscope record` was asked for something it cannot do (no program, a bad capacity)."""
 
 
 class NotPatchedError(GpuscopeError):
-    """The program does not carry gpuscope's hooks."""
-
-
-def is_patched(program: Path) -> bool:
-    """True when `program` or a ggml library it loads exports the hook symbol."""
-    candidates = [program, *_linked_ggml_libraries(program)]
-    return any(_HOOK_SYMBOL in path.read_bytes() for path in candidates if path.is_file())
-
-
-def _linked_ggml_libraries(program: Path) -> list[Path]:
-    try:
-        out = subprocess.run(["ldd", str(program)], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    linked = [Path(line.split("=>")[1].split("(")[0].strip()) for line in out.splitlines()
-              if "=>" in line and "ggml" in line and "not found" not in line]
-    # libraries beside the program (our builds keep them together) also count when ldd cannot resolve them
-    return linked + sorted(program.resolve().parent.glob("libggml-base.so*"))
-
-
-def resolve_program(name: str) -> Path:
-    found = shutil.which(name)
-    if found is None:
-        raise GpuscopeError(f"program not found: {name}")
-    return Path(found).resolve()
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    """The engine carries no gpuscope hooks."""
 
 
 def how_it_ended(returncode: int) -> dict:
@@ -73,121 +74,293 @@ def how_it_ended(returncode: int) -> dict:
     return {"returncode": returncode, "signal": 0, "how": f"exited with status {returncode}"}
 
 
-def ring_dir() -> Path:
-    return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
+def die_with_parent() -> None:
+    """In a child between fork and exec: ask the kernel to kill it when the thread that forked it ends."""
+    parent = os.getppid()
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-class RingCollector:
-    """Drains one ring that a program creates lazily: waits for the file, keeps every committed record."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.reader: RingReader | None = None
-        self.batches: list[np.ndarray] = []
-
-    def poll(self) -> int:
-        """Drain what is there now; returns the records taken."""
-        if self.reader is None:
-            self.reader = open_when_ready(self.path)
-            if self.reader is None:
-                return 0
-        batch = self.reader.drain()
-        if batch.size:
-            self.batches.append(batch)
-        return int(batch.size)
-
-    def skip_existing(self) -> None:
-        """Drop what the ring already holds: a session's trace starts when the session opens."""
-        self.poll()
-        self.batches.clear()
-
-    def snapshot(self) -> tuple[dict, dict]:
-        """Drain, then (tables, ring metadata) of everything kept so far; the writer may still be running."""
-        self.poll()
-        if self.reader is None:
-            return {}, {"path": str(self.path), "opened": False}
-        records = np.concatenate(self.batches) if self.batches else np.empty(0, self.reader.schema.record_dtype)
-        status, header = self.reader.status, self.reader.header
-        return self.reader.decode(records), {
-            "path": str(self.path), "opened": True, "capacity": header.capacity, "pid": status.pid,
-            "state": status.state, "crash_signal": status.crash_signal,
-            "crash_signal_name": signal_name(status.crash_signal) if status.crash_signal else None,
-            "written": status.written, "read": status.read, "lost": status.lost,
-            "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
-            "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,
-            "devices": self.reader.device_names(), "unknown_kinds": self.reader.unknown_kinds,
-        }
-
-    def finish(self) -> tuple[dict, dict]:
-        """Final drain after the writer is gone: (tables, ring metadata); closes the reader."""
-        tables, ring_meta = self.snapshot()
-        if self.reader is not None:
-            self.reader.close()
-        return tables, ring_meta
+def check_capacity(capacity: int | None) -> None:
+    """Refuse, before anything runs, a ring capacity the writer would not create (it falls back to its default) or
+    that does not fit the ring folder (the writer dies with SIGBUS when a page of its ring cannot be had)."""
+    if capacity is None:
+        return
+    constants = load_schema().constants
+    limit = constants["GPUSCOPE_MAX_CAPACITY"]
+    if not 0 < capacity <= limit:
+        raise RecordError(f"--capacity {capacity}: give a number of records from 1 to {limit} "
+                          f"(default {constants['GPUSCOPE_DEFAULT_CAPACITY']})")
+    ring_bytes = (1 << (capacity - 1).bit_length()) * constants["GPUSCOPE_RECORD_SIZE"]
+    free = shutil.disk_usage(ring_dir()).free
+    if ring_bytes > free:
+        raise RecordError(f"--capacity {capacity}: the ring would take {ring_bytes / 2**30:.1f} GiB and "
+                          f"{ring_dir()} has {free / 2**30:.1f} GiB free")
 
 
-def record(command: list[str], out: str | os.PathLike, *, capacity: int | None = None,
-           keep_ring: bool = False, env: dict | None = None, quiet: bool = False, stdout=None) -> Trace:
-    """Run `command` with a fresh ring, drain it live, and write the trace to `out`.
+def locate_program(name: str, search_path: str | None) -> str:
+    """Where PATH finds the program, to refuse a missing one and to name it in the trace. It is run as given: a
+    virtualenv's `python` is a symlink whose resolved path runs without the virtualenv's packages."""
+    found = shutil.which(name, path=search_path)
+    if found is None:
+        raise RecordError(f"program not found: {name}")
+    return found
 
+
+def engine_environment(name: str, env: dict) -> tuple[dict, dict]:
+    """(variables, build meta) that make a program run the engine build called `name`: llama-cpp-python loads its
+    libllama (LLAMA_CPP_LIB_PATH), the loader finds its ggml libraries and the shell its programs."""
+    from gpuscope.engine.build import find_build  # noqa: PLC0415 (the builder is only needed to look names up)
+
+    build = find_build(name)
+    folder = str(build.bin_dir)
+
+    def prepend(variable: str) -> str:
+        return os.pathsep.join([folder, *([env[variable]] if env.get(variable) else [])])
+
+    return {"LLAMA_CPP_LIB_PATH": folder, "LD_LIBRARY_PATH": prepend("LD_LIBRARY_PATH"),
+            "PATH": prepend("PATH")}, build.meta
+
+
+def no_events_advice(command: list[str], waited_s: float | None = None) -> str:
+    when = f"in its first {waited_s:.0f} s" if waited_s else "at all"
+    return (f"warning: {command[0]} emitted no gpuscope event {when}: it does not run a hooked engine build. Run a "
+            "program of one (`gpuscope engine path` names its folder), point llama-cpp-python at one "
+            "(LLAMA_CPP_LIB_PATH=<that folder>), or let record do it: `gpuscope record --engine NAME -- ...`")
+
+
+def record(command: list[str], out: str | os.PathLike, *, capacity: int | None = None, keep_ring: bool = False,
+           env: dict | None = None, engine: str | None = None, quiet: bool = False, stdout=None) -> Trace:
+    """Run `command` with a fresh ring, drain it live, and write the trace to `out` (rewritten as the run goes).
+
+    `engine`: the name of an engine build the program's llama-cpp-python (and dynamic loader, and PATH) should use.
     `stdout` is passed to the program's Popen (None: inherit); the trace's meta keeps what it printed when it is
     subprocess.PIPE."""
     if not command:
-        raise GpuscopeError("nothing to record: give a program after `--`")
-    program = resolve_program(command[0])
-    if not is_patched(program):
-        raise NotPatchedError(
-            f"{program} is not a program of a patched engine build (no gpuscope hooks in it or its ggml "
-            "libraries): build one with `gpuscope engine build` and run the program from `gpuscope engine path`")
-    ring_path = ring_dir() / f"gpuscope-record-{uuid.uuid4().hex[:12]}.ring"
-    child_env = {**os.environ, **(env or {}), "GPUSCOPE_RING": str(ring_path)}
+        raise RecordError("nothing to record: give a program after `--`")
+    check_capacity(capacity)
+    out = check_trace_path(out)
+    child_env = {**os.environ, **(env or {})}
+    engine_meta = None
+    if engine is not None:
+        engine_env, engine_meta = engine_environment(engine, child_env)
+        child_env.update(engine_env)
+    program = locate_program(command[0], child_env.get("PATH"))
+    recover_abandoned(ring_dir(), _RING_PREFIX, quiet=quiet)
+    ring_path = ring_dir() / f"{_RING_PREFIX}{uuid.uuid4().hex[:12]}.ring"
+    child_env["GPUSCOPE_RING"] = str(ring_path)
     if capacity:
         child_env["GPUSCOPE_RING_CAPACITY"] = str(capacity)
-    collector = RingCollector(ring_path)
-    started = time.time()
-    if not quiet:
-        print(f"gpuscope record: {shlex.join(command)}", file=sys.stderr)
+    run = _Recording(command, program, out, ring_path, engine_meta or _engine_meta(program, child_env), quiet)
+    claim(ring_path, out, command)
+    process = trace = None
     try:
-        process = subprocess.Popen([str(program), *command[1:]], env=child_env, stdout=stdout, text=True)
-        output = _PipeReader(process.stdout)
-        try:
-            while process.poll() is None:
-                collector.poll()
-                time.sleep(_DRAIN_INTERVAL_S)
-        except KeyboardInterrupt:
-            process.send_signal(signal.SIGINT)
-            process.wait()
-        tables, ring_meta = collector.finish()
+        with _StopSignals() as stops:
+            run.save_progress(check=True)  # the first trace, before the program starts: `out` is known writable
+            run.say(f"gpuscope record: {shlex.join(command)}")
+            process, output = run.start(child_env, stdout)
+            try:
+                run.watch(process, stops)
+            finally:
+                if process.poll() is None:  # the recorder itself failed: the program does not outlive it
+                    run.signal_program(process, signal.SIGKILL)
+                    process.wait()
+            trace = run.finish(process.returncode, output.text() if stdout == subprocess.PIPE else None)
     finally:
-        if not keep_ring:
-            ring_path.unlink(missing_ok=True)
-    ended = how_it_ended(process.returncode)
-    meta = {
-        "gpuscope_version": __version__,
-        "source": "record",
-        "command": command,
-        "program": str(program),
-        "started_realtime_s": started,
-        "duration_s": time.time() - started,
-        "exit": ended,
-        "ring": ring_meta,
-        **standalone_meta(command_model(command), _engine_meta(program)),
-    }
-    if stdout == subprocess.PIPE:
-        meta["stdout"] = output.text()
-    trace = Trace(meta=meta, tables=tables)
-    save_trace(trace, out)
-    if not quiet:
-        _summarize(trace)
+        # a trace not written keeps its claim: the next `gpuscope record` finishes the trace from the ring
+        if trace is not None or process is None:
+            release(ring_path, keep_ring=keep_ring)
     return trace
+
+
+class _Recording:
+    """One program under the recorder: its ring, the trace written as the run goes, and how the run ended."""
+
+    def __init__(self, command: list[str], program: str, out: Path, ring_path: Path, engine_meta: dict,
+                 quiet: bool):
+        self.command, self.out, self.quiet = command, out, quiet
+        self.collector = RingCollector(ring_path)
+        self.started = time.time()
+        self.meta = {
+            "gpuscope_version": __version__, "source": "record", "command": command, "program": program,
+            "started_realtime_s": self.started, "duration_s": 0.0, "exit": None,
+            "ring": {"path": str(ring_path), "opened": False},
+            **standalone_meta(command_model(command), engine_meta),
+            "recording": {"state": IN_PROGRESS, "recorder_pid": os.getpid()},
+        }
+        self.interrupted: dict | None = None
+        self._first_stop = 0.0  # when the first stop signal came
+        self.own_group = not _owns_terminal_foreground()
+        # the signals a program in the recorder's group got from the terminal (or its shell) already
+        self.sent_to_program_too = set() if self.own_group else {signal.SIGINT} | (
+            {signal.SIGHUP} if os.getsid(0) != os.getpid() else set())
+        self._flushed_at, self._flush_cost, self._flushed_read = time.monotonic(), 0.0, 0
+        self._warned = False
+        self.ring_error: str | None = None
+
+    # -- running ----------------------------------------------------------------------------------------------
+
+    def start(self, env: dict, stdout) -> tuple[subprocess.Popen, _PipeReader]:
+        try:
+            process = subprocess.Popen(self.command, env=env, stdout=stdout, text=True, preexec_fn=die_with_parent,
+                                       process_group=0 if self.own_group else None)
+        except OSError as exc:
+            raise RecordError(f"cannot run {self.command[0]}: {exc.strerror}") from None
+        return process, _PipeReader(process.stdout)
+
+    def watch(self, process: subprocess.Popen, stops: _StopSignals) -> None:
+        while process.poll() is None:
+            self._drain()
+            for signum, when in stops.take():
+                self._stop(process, signum, when)
+            if time.monotonic() - self._flushed_at >= max(_FLUSH_INTERVAL_S, self._flush_cost / _FLUSH_SHARE):
+                self.save_progress()
+            silent = self.collector.reader is None and self.ring_error is None
+            if silent and not self._warned and time.time() - self.started > _SILENT_WARNING_S:
+                self._warned = True
+                self.say(f"gpuscope record: {no_events_advice(self.command, _SILENT_WARNING_S)}")
+            time.sleep(_DRAIN_INTERVAL_S)
+        for signum, when in stops.take():  # came while the program ended (a Ctrl-C it got too, and obeyed at once)
+            self._stop(process, signum, when)
+
+    def _stop(self, process: subprocess.Popen, signum: int, when: float) -> None:
+        """First signal: pass it on (unless the terminal sent it to the program too); second: save, then kill."""
+        name, running = signal_name(signum), process.poll() is None
+        if self.interrupted is None:
+            self._first_stop = when
+            forwarded = running and signum not in self.sent_to_program_too
+            if forwarded:
+                self.signal_program(process, signum)
+            self.interrupted = {"signal": signum, "signal_name": name, "forwarded": forwarded, "killed": False}
+            if running:
+                self.say(f"gpuscope record: {name}: waiting for the program to stop (again: kill it)")
+        elif running and not self.interrupted["killed"] and not (signum == self.interrupted["signal"]
+                                                                 and when - self._first_stop < _REPEAT_WINDOW_S):
+            self.save_progress()
+            self.signal_program(process, signal.SIGKILL)
+            self.interrupted.update(killed=True, second_signal=signum, second_signal_name=name)
+            self.say(f"gpuscope record: {name} again: killed the program (SIGKILL)")
+
+    def _drain(self) -> None:
+        """Take what the program committed; a ring that turns out unreadable stops the reading, not the program."""
+        if self.ring_error is not None:
+            return
+        try:
+            self.collector.poll()
+        except RingError as exc:
+            self.ring_error = str(exc)
+            self.say(f"gpuscope record: stopped reading the ring: {exc}")
+
+    def signal_program(self, process: subprocess.Popen, signum: int) -> None:
+        try:
+            if self.own_group:
+                os.killpg(process.pid, signum)  # its group: what the program started stops with it
+            else:
+                process.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    # -- writing the trace --------------------------------------------------------------------------------------
+
+    def save_progress(self, check: bool = False) -> None:
+        """Rewrite the trace with what was read so far. A failure mid-run is reported and retried later (the events
+        are still here and in the ring); `check`: the first write, whose failure stops the recording."""
+        reader = self.collector.reader
+        if not check and (reader is None or reader.read == self._flushed_read):
+            self._flushed_at = time.monotonic()
+            return
+        began = time.monotonic()
+        self._drain()
+        tables, ring_meta = self.collector.snapshot(drain=False)
+        try:
+            self._publish(tables, ring_meta, duration_s=time.time() - self.started)
+            self._flushed_read = ring_meta.get("read", 0)
+        except OSError as exc:
+            if check:
+                raise RecordError(f"cannot write the trace {self.out}: {exc.strerror or exc}") from None
+            self.say(f"gpuscope record: could not write the trace yet ({exc}); retrying")
+        self._flushed_at = time.monotonic()
+        self._flush_cost = self._flushed_at - began
+
+    def finish(self, returncode: int, stdout_text: str | None) -> Trace:
+        self._drain()
+        tables, ring_meta = self.collector.finish(drain=False)
+        extra = {"exit": how_it_ended(returncode), "recording": {**self.meta["recording"], "state": COMPLETE}}
+        if self.interrupted is not None:
+            extra["interrupted"] = self.interrupted
+        if stdout_text is not None:
+            extra["stdout"] = stdout_text
+        if not ring_meta.get("opened") and self.ring_error is None:
+            extra["warnings"] = [no_events_advice(self.command)]
+        try:
+            trace = self._publish(tables, ring_meta, duration_s=time.time() - self.started, **extra)
+        except OSError as exc:
+            raise RecordError(f"cannot write the trace {self.out} ({exc}); the events are still in "
+                              f"{self.collector.path}: `gpuscope record --from-ring {self.collector.path} --out "
+                              f"{self.out}` makes it") from None
+        if not self.quiet:
+            _summarize(trace)
+        return trace
+
+    def _publish(self, tables: dict, ring_meta: dict, **entries) -> Trace:
+        if self.ring_error is not None:
+            ring_meta = {**ring_meta, "error": self.ring_error}
+        trace = Trace(meta={**self.meta, "ring": ring_meta, **entries}, tables=tables)
+        publish(trace, self.out)
+        return trace
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            _say(line)
+
+
+class _StopSignals:
+    """Notes SIGINT, SIGTERM and SIGHUP while installed (the recording loop acts on them). Handlers can only be
+    installed from the main thread; elsewhere the signals keep their old meaning."""
+
+    def __init__(self) -> None:
+        self._received: list[tuple[int, float]] = []
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in _STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, frame) -> None:
+        self._received.append((signum, time.monotonic()))
+
+    def take(self) -> list[tuple[int, float]]:
+        """(signal, when) of each signal since the last call."""
+        taken, self._received[:] = list(self._received), []
+        return taken
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _owns_terminal_foreground() -> bool:
+    """True when this process's group is the foreground group of its controlling terminal (the terminal then sends
+    Ctrl-C and hangup to the whole group)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False  # no controlling terminal
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class _PipeReader:
     """Reads a child's piped output in a thread so the child never blocks on a full pipe."""
 
     def __init__(self, stream):
-        import threading
-
         self._chunks: list[str] = []
         self._thread = None
         if stream is not None:
@@ -200,39 +373,68 @@ class _PipeReader:
         return "".join(self._chunks)
 
 
-def _engine_meta(program: Path) -> dict:
-    """The build's own metadata when the program comes from a `gpuscope engine build` folder."""
-    for folder in (program.parent, program.parent.parent):
+def _engine_meta(program: str, env: dict) -> dict:
+    """The build's own metadata, from the program's build folder or the one llama-cpp-python loads from."""
+    resolved = Path(program).resolve()  # only to find the build folder; the program runs as given
+    folders = [resolved.parent, resolved.parent.parent]
+    if env.get("LLAMA_CPP_LIB_PATH"):
+        library_folder = Path(env["LLAMA_CPP_LIB_PATH"])
+        folders += [library_folder, library_folder.parent]
+    for folder in folders:
         meta_file = folder / "gpuscope-build.json"
         if meta_file.is_file():
             return json.loads(meta_file.read_text())
-    return {"program_dir": str(program.parent)}
+    return {"program_dir": str(Path(program).parent)}
+
+
+def _say(line: str, stream=None) -> None:
+    """Tell the user; a terminal that hung up (SIGHUP) cannot be written to, and that stops nothing."""
+    try:
+        print(line, file=stream or sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _summarize(trace: Trace) -> None:
-    ring = trace.meta["ring"]
+    meta, ring = trace.meta, trace.meta["ring"]
     counts = ", ".join(f"{kind} {len(frame)}" for kind, frame in sorted(trace.tables.items())) or "no events"
-    print(f"gpuscope record: program {trace.meta['exit']['how']}", file=sys.stderr)
-    if not ring.get("opened"):
-        print("gpuscope record: the program never opened the ring (it emitted no event)", file=sys.stderr)
+    if meta.get("exit"):
+        stopped = f" after {meta['interrupted']['signal_name']}" if meta.get("interrupted") else ""
+        _say(f"gpuscope record: program {meta['exit']['how']}{stopped}")
+    if ring.get("error"):
+        _say(f"gpuscope record: the ring could not be read: {ring['error']}")
+    elif not ring.get("opened"):
+        _say(f"gpuscope record: {no_events_advice(meta['command'] or ['the program'])}")
     else:
-        print(f"gpuscope record: {ring['read']} events ({counts}); lost {ring['lost']}; ring {ring['state']}",
-              file=sys.stderr)
-    print(trace.path)
+        _say(f"gpuscope record: {ring['read']} events ({counts}); lost {ring['lost']}; ring {ring['state']}")
+    _say(str(trace.path), sys.stdout)
 
 
 def _run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    trace = record(command, args.out, capacity=args.capacity, keep_ring=args.keep_ring)
+    if args.from_ring is not None:
+        if command:
+            raise RecordError("--from-ring makes a trace of a ring that exists: give no program with it")
+        trace, added = recover_ring(args.from_ring, args.out, keep_ring=args.keep_ring)
+        _say(f"gpuscope record: {added} events from {args.from_ring}")
+        _summarize(trace)
+        return 0
+    trace = record(command, args.out, capacity=args.capacity, keep_ring=args.keep_ring, engine=args.engine)
     return 0 if trace.meta["exit"]["returncode"] == 0 else 1
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "record", help="run a program of a patched engine build and write its events as a trace",
-        description="Example: gpuscope record --out bench.trace -- llama-bench -m model.gguf -n 32")
-    parser.add_argument("--out", "-o", required=True, help="trace folder to write")
+        "record", help="run a program on a hooked engine build and write its events as a trace",
+        description="Examples: gpuscope record --out bench.trace -- llama-bench -m model.gguf -n 32; "
+                    "gpuscope record --engine cpu --out py.trace -- python3 script.py (llama-cpp-python); "
+                    "gpuscope record --from-ring /dev/shm/x.ring --out x.trace")
+    parser.add_argument("--out", "-o", required=True, help="trace folder to write (rewritten as the run goes)")
     parser.add_argument("--capacity", type=int, default=None, help="ring capacity in records (power of two)")
     parser.add_argument("--keep-ring", action="store_true", help="keep the raw ring file after the run")
+    parser.add_argument("--engine", metavar="NAME", help="engine build (`gpuscope engine list`) that the program's "
+                        "llama-cpp-python loads (sets LLAMA_CPP_LIB_PATH, LD_LIBRARY_PATH and PATH)")
+    parser.add_argument("--from-ring", metavar="RING", type=Path,
+                        help="make the trace of a ring left behind (by a killed recorder, or --keep-ring)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
     parser.set_defaults(func=_run)
