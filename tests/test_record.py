@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gpuscope import cli
+from gpuscope.analysis import Analysis
 from gpuscope.ring import native
 from gpuscope.ring.reader import RingReader
 from gpuscope.ring.schema import load_schema
@@ -175,6 +176,10 @@ def test_a_second_signal_kills_the_program_after_saving(tmp_path):
                                          "killed": True, "second_signal": signal.SIGINT,
                                          "second_signal_name": "SIGINT"}
     assert trace.meta["exit"]["how"] == "killed by SIGKILL"
+    # the doctor reads it as interrupted, not as a crash
+    health = Analysis(trace).health
+    assert health["interrupted"] == "SIGTERM" and not health["crashed"]
+    assert "engine.crashed" not in {f.id for f in Analysis(trace).findings}
     ticks = marks(trace, "tick")["value"]
     assert len(ticks) > 40 and ticks.tolist() == list(range(len(ticks)))
     assert not process_alive(program_pid(trace))

@@ -10,6 +10,7 @@ and `Analysis`, one object over a trace with one method per question.
   memory       buffers per device and owner over time, peaks, imbalance against the split
   copies       splits and cross-device copies per step and device pair
   health       lost events, crash state
+  speculation  acceptance by draft position, draft vs verify time, tokens/s against the target alone
 """
 from gpuscope.analysis.facade import Analysis
 

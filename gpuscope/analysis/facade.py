@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, syncs, verdict
+from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, speculation, syncs, verdict
 from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
 from gpuscope.trace.ggml_names import op_names
 from gpuscope.analysis.health import health, last_events
@@ -264,6 +264,13 @@ class Analysis:
     def meta_parts(self) -> pd.DataFrame:
         """Tensor split: each device's parts of the meta backend's subgraphs per step."""
         return copies.meta_parts_per_step(self.steps, self.table("meta_part"))
+
+    # -- speculative decoding ----------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def speculation(self) -> speculation.Speculation:
+        """Acceptance, time in draft and verify, and tokens/s against the target alone, per configuration."""
+        return speculation.speculation(self.trace.tables.get("steps"), self.trace.tables.get("spec_rounds"))
 
     # -- health ------------------------------------------------------------------------------------------------------
 

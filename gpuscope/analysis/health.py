@@ -24,7 +24,12 @@ def health(meta: dict, steps: pd.DataFrame) -> dict:
     exit_info = meta.get("exit") or {}
     written = int(ring.get("written") or 0)
     lost = int(ring.get("lost") or 0)
-    crashed = ring.get("state") == "crashed" or int(exit_info.get("signal") or 0) != 0
+    # a program that died of the stop signal `gpuscope record` forwarded (or of its SIGKILL after a second one)
+    # was interrupted, not crashed; the writer's crash handler marks the ring of a real crash
+    interrupted = meta.get("interrupted") or {}
+    stops = {interrupted.get("signal"), int(signal.SIGKILL) if interrupted.get("killed") else None} - {None}
+    died_of = int(exit_info.get("signal") or 0)
+    crashed = ring.get("state") == "crashed" or (died_of != 0 and died_of not in stops)
     in_flight = steps[~steps["complete"] & steps["status"].isna()] if len(steps) else steps
     return {
         "ring_opened": bool(ring.get("opened", bool(ring))),
@@ -37,6 +42,7 @@ def health(meta: dict, steps: pd.DataFrame) -> dict:
         "writer_dropped": int(ring.get("writer_dropped") or 0),
         "unknown_kinds": ring.get("unknown_kinds") or {},
         "crashed": bool(crashed),
+        "interrupted": interrupted.get("signal_name"),
         "crash_signal": _signal_name(ring.get("crash_signal") or exit_info.get("signal")),
         "exit": exit_info.get("how"),
         "steps": int(len(steps)),

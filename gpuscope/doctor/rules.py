@@ -13,6 +13,7 @@ import pandas as pd
 
 from gpuscope.analysis.columns import text
 from gpuscope.doctor.findings import Finding
+from gpuscope.doctor.speculation import speculation_net_effect
 
 # A problem must touch at least this many steps, and this share of them, to be a pattern rather than an event.
 MIN_STEPS = 3
@@ -574,6 +575,7 @@ RULES: tuple[tuple[str, Callable], ...] = (
     ("context.growth-above-floor", context_growth),
     ("context.short-above-floor", short_context_overhead),
     ("memory.split-imbalance", split_imbalance),
+    ("speculation.net-effect", speculation_net_effect),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -171,25 +172,32 @@ class SweepProgress:
 # -- speculative decoding ----------------------------------------------------------------------------------------
 
 def speculative_loop(session, prompt: str | Sequence[int], n_tokens: int, draft_max: int,
-                     p_min: float) -> list[dict]:
+                     p_min: float, baseline: int = 0) -> list[dict]:
     """Greedy speculative decoding with the session's draft model; returns one row per round.
 
-    Each round the draft decodes one token at a time and proposes up to `draft_max` tokens (stopping early when its
-    top probability falls under `p_min`), the target verifies the last committed token plus the drafts in one
-    batch, the longest agreeing prefix is kept, and `llama_memory_seq_rm` removes the rest from both caches."""
+    The target decodes `baseline` tokens alone (phase 'decode'), half after the prompt (the draft takes them in with
+    its prefill) and half after the rounds, so that its plain decoding is measured on the machine as the rounds
+    found it. Each round the draft decodes one token at a time and proposes up to `draft_max` tokens (stopping
+    early when its top probability falls under `p_min`), the target verifies the last committed token plus the
+    drafts in one batch, the longest agreeing prefix is kept, and `llama_memory_seq_rm` removes the rest from both
+    caches."""
     for role in ("target", "draft"):
         session.clear(role)
     prompt_tokens = session.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     with session.tagged(round=-1):
         session.decode(prompt_tokens, role="target", phase="prefill")
+        last = session.argmax(role="target")
+        for _ in range(baseline // 2):
+            prompt_tokens.append(last)
+            last = _plain_step(session, last)
         session.decode(prompt_tokens, role="draft", phase="prefill")
-    last = session.argmax(role="target")
     generated = [last]
     draft_pending: list[int] = []  # committed tokens the draft has not decoded yet
     rounds: list[dict] = []
     n_ctx = min(session.n_ctx("target"), session.n_ctx("draft"))
     while len(generated) < n_tokens and session.position("target") + draft_max + 2 <= n_ctx:
         base = session.position("target")
+        begin = time.monotonic_ns()  # the round's wall time includes the host's work between its steps
         with session.tagged(round=len(rounds)):
             drafts: list[int] = []
             feed = draft_pending + [last]
@@ -211,26 +219,39 @@ def speculative_loop(session, prompt: str | Sequence[int], n_tokens: int, draft_
         if draft_at > keep:
             session.rollback(keep, role="draft")
         draft_pending = ([last] + drafts[:accepted])[min(draft_at, keep) - base:]
-        rounds.append({"round": len(rounds), "position": base, "drafted": len(drafts), "accepted": accepted,
-                       "verify_tokens": len(drafts) + 1})
         last = verified[accepted]
         generated += drafts[:accepted] + [last]
+        rounds.append({"round": len(rounds), "config": session.label, "position": base, "drafted": len(drafts),
+                       "accepted": accepted, "verify_tokens": len(drafts) + 1, "t_begin_ns": begin,
+                       "t_end_ns": time.monotonic_ns()})
+    with session.tagged(round=-1):
+        for _ in range(min(baseline - baseline // 2, session.n_ctx("target") - session.position("target"))):
+            last = _plain_step(session, last)
     return rounds
 
 
-def speculative(session, prompt: str | Sequence[int] = DEFAULT_PROMPT, *, n_tokens: int = 64, draft_max: int = 4,
-                p_min: float = 0.0, out: str | os.PathLike | None = None) -> Trace:
-    """Run the speculative loop on a session opened with draft_model=...; the trace gets a `spec_rounds` table
-    (drafted, accepted, verify length per round) and the acceptance rate in meta['workload'].
+def _plain_step(session, token: int) -> int:
+    """The target alone: decode `token`, return the next greedy one."""
+    session.decode([token], role="target", phase="decode")
+    return session.argmax(role="target")
 
-    p_min > 0 lets the draft stop early, so verify batches vary in length: each new length defeats the engine's
-    graph reuse (ubatch events with graph_reused=0)."""
-    if draft_max < 1 or n_tokens < 1 or not 0.0 <= p_min <= 1.0:
-        raise SessionError("speculative needs draft_max >= 1, n_tokens >= 1 and 0 <= p_min <= 1")
-    rounds = pd.DataFrame(session.run(speculative_loop, prompt, n_tokens, draft_max, p_min),
-                          columns=["round", "position", "drafted", "accepted", "verify_tokens"])
+
+def speculative(session, prompt: str | Sequence[int] = DEFAULT_PROMPT, *, n_tokens: int = 64, draft_max: int = 4,
+                p_min: float = 0.0, baseline: int = 32, out: str | os.PathLike | None = None) -> Trace:
+    """Run the speculative loop on a session opened with draft_model=...; the trace gets a `spec_rounds` table
+    (drafted, accepted, verify length and wall time per round) and the acceptance rate in meta['workload'].
+
+    baseline: tokens the target decodes alone, so that the trace can tell whether speculation beats plain decoding
+    (gpuscope.analysis.speculation). p_min > 0 lets the draft stop early, so verify batches vary in
+    length: each new length defeats the engine's graph reuse (ubatch events with graph_reused=0)."""
+    if draft_max < 1 or n_tokens < 1 or baseline < 0 or not 0.0 <= p_min <= 1.0:
+        raise SessionError("speculative needs draft_max >= 1, n_tokens >= 1, baseline >= 0 and 0 <= p_min <= 1")
+    rounds = pd.DataFrame(session.run(speculative_loop, prompt, n_tokens, draft_max, p_min, baseline),
+                          columns=["round", "config", "position", "drafted", "accepted", "verify_tokens",
+                                   "t_begin_ns", "t_end_ns"])
     drafted = int(rounds["drafted"].sum())
     workload = {"name": "speculative", "n_tokens": n_tokens, "draft_max": draft_max, "p_min": p_min,
+                "baseline": baseline,
                 "rounds": len(rounds), "drafted": drafted, "accepted": int(rounds["accepted"].sum()),
                 "acceptance_rate": float(rounds["accepted"].sum() / drafted) if drafted else None}
     trace = session.trace(tables={"spec_rounds": rounds}, workload=workload)
