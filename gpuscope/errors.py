@@ -13,6 +13,10 @@ class NotARingError(RingError):
     """The file is not a gpuscope ring (wrong magic, or too short to hold a header)."""
 
 
+class RingNotReadyError(NotARingError):
+    """No ring at the path yet, or its writer has not finished the header: a lazily created ring is still coming."""
+
+
 class RingVersionError(RingError):
     """The ring was written by another ABI version of the hooks."""
 

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define GPUSCOPE_ABI_VERSION   1
+#define GPUSCOPE_ABI_VERSION   2  /* 2: a live writer holds a flock on its ring */
 #define GPUSCOPE_RECORD_SIZE   64
 #define GPUSCOPE_PAYLOAD_SIZE  40
 

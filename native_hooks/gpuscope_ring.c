@@ -20,13 +20,13 @@
 #include <stdlib.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CAPACITY      (1ULL << 40)          /* records; keeps sizes far from overflow */
 #define PAGE_BYTES        4096u
 #define EMPTY_ENTRY_BYTES 8u                    /* reserved entry at id 0: len 0, '\0', padding */
 #define INSIDE_STRIPES    64
@@ -42,6 +42,7 @@ struct ring {
     uint64_t               intern_mask;
     size_t                 intern_bytes;
     char *                 path;
+    int                    fd;           /* holds the ring's flock until close */
 };
 
 /* Address of this byte is the "not looked at $GPUSCOPE_RING yet" sentinel. */
@@ -193,6 +194,7 @@ static void install_process_hooks_once(void) {
 
 static void free_ring(struct ring * r) {
     munmap(r->hdr, r->map_bytes);
+    close(r->fd); /* releases the flock: readers now see the writer gone */
     munmap(r->intern_slots, r->intern_bytes);
     free(r->path);
     free(r);
@@ -239,7 +241,7 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
     capacity      = capacity == 0 ? GPUSCOPE_DEFAULT_CAPACITY : capacity;
     strings_bytes = strings_bytes == 0 ? GPUSCOPE_DEFAULT_STRINGS : strings_bytes;
     /* String ids are uint32 offsets into the section. */
-    if (capacity > MAX_CAPACITY || strings_bytes > UINT32_MAX - PAGE_BYTES) {
+    if (capacity > GPUSCOPE_MAX_CAPACITY || strings_bytes > UINT32_MAX - PAGE_BYTES) {
         return -EINVAL;
     }
     capacity      = round_up_pow2(capacity);
@@ -263,10 +265,17 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
         return -ENOMEM;
     }
 
+    /* O_EXCL: whatever is at `path` already (someone's file, a symlink, a
+     * live writer's ring) is refused, never truncated or followed. The lock is
+     * taken before the magic is written, so a reader that sees a valid header
+     * and a free lock knows the writer is gone. */
     int err = 0;
-    int fd = open(path, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
     void * base = MAP_FAILED;
-    if (fd < 0 || fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)file_size) != 0) {
+    const int fd = open(path, O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        err = -errno;
+    } else if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fchmod(fd, 0600) != 0 ||
+               ftruncate(fd, (off_t)file_size) != 0) {
         err = -errno;
     } else {
         base = mmap(NULL, (size_t)file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -274,14 +283,16 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
             err = -errno;
         }
     }
-    if (fd >= 0) {
-        close(fd);
-    }
     if (err != 0) {
+        if (fd >= 0) {
+            unlink(path); /* the file we just created, not anything that was there */
+            close(fd);
+        }
         discard_unpublished(r);
         return err;
     }
 
+    r->fd        = fd;
     r->hdr       = base;
     r->strings   = (char *)base + strings_offset;
     r->records   = (gpuscope_record *)(void *)((char *)base + records_offset);
@@ -330,6 +341,22 @@ const char * gpuscope_ring_path(void) {
     return r != NULL ? r->path : NULL;
 }
 
+/* The program keeps running without a ring: say why, in one line. */
+static void report_refused(const char * path, int rc) {
+    if (rc == -EEXIST) {
+        fprintf(stderr, "gpuscope: recording off: %s already exists; the ring writer only creates a fresh file "
+                        "(it never overwrites a file, follows a symlink or joins another writer's ring): "
+                        "name a new path in GPUSCOPE_RING\n", path);
+    } else if (rc == -EWOULDBLOCK) {
+        fprintf(stderr, "gpuscope: recording off: another writer holds the ring %s\n", path);
+    } else if (rc == -EINVAL) {
+        fprintf(stderr, "gpuscope: recording off: GPUSCOPE_RING_CAPACITY is over the %llu records a ring may hold\n",
+                (unsigned long long)GPUSCOPE_MAX_CAPACITY);
+    } else {
+        fprintf(stderr, "gpuscope: recording off: cannot create the ring %s: %s\n", path, strerror(-rc));
+    }
+}
+
 /* First use: open the ring $GPUSCOPE_RING names, or settle on "no ring". */
 static void open_from_environment(void) {
     pthread_mutex_lock(&ring_mutex);
@@ -341,7 +368,7 @@ static void open_from_environment(void) {
             const uint64_t capacity = capacity_text != NULL ? strtoull(capacity_text, NULL, 10) : 0;
             int rc = open_locked(path, capacity, 0);
             if (rc != 0) {
-                fprintf(stderr, "gpuscope: cannot open ring %s: %s\n", path, strerror(-rc));
+                report_refused(path, rc);
             }
         } else {
             __atomic_store_n(&gpuscope_active, NULL, __ATOMIC_RELEASE);

@@ -34,6 +34,7 @@ extern "C" {
 #define GPUSCOPE_MAX_DEVICES      64
 #define GPUSCOPE_DEFAULT_CAPACITY (1u << 20)         /* records: 64 MiB */
 #define GPUSCOPE_DEFAULT_STRINGS  (1u << 20)         /* bytes */
+#define GPUSCOPE_MAX_CAPACITY     (1ULL << 28)       /* records (16 GiB): writer and reader refuse more */
 
 enum gpuscope_ring_state {
     GPUSCOPE_STATE_OPEN    = 1,
@@ -41,7 +42,10 @@ enum gpuscope_ring_state {
     GPUSCOPE_STATE_CRASHED = 3, /* writer took a fatal signal */
 };
 
-/* Every field is naturally aligned; the reader checks them all before use. */
+/* Every field is naturally aligned; the reader checks them all before use.
+ * The fields before `state` are written once, before the magic, and never
+ * change: a reader compares them on every read to notice a ring re-created
+ * or overwritten under it. */
 typedef struct gpuscope_ring_header {
     uint64_t magic;
     uint32_t abi_version;
@@ -66,11 +70,14 @@ typedef struct gpuscope_ring_header {
     uint32_t device_names[GPUSCOPE_MAX_DEVICES]; /* device index -> string id */
 } gpuscope_ring_header;
 
-/* Open (create or truncate) a ring at `path` (NULL: $GPUSCOPE_RING, else
+/* Create a fresh ring at `path` (NULL: $GPUSCOPE_RING, else
  * /dev/shm/gpuscope-<pid>.ring) with `capacity` records (rounded up to a power
  * of two; 0: default) and `strings_bytes` of string section (0: default),
  * and make it the process's active ring. Installs the crash handlers.
- * Returns 0 or -errno. */
+ * The writer never opens what is already at `path` (a file, a symlink,
+ * another writer's ring: -EEXIST), so it cannot clobber anything; it holds an
+ * exclusive flock on the ring while it is open, which readers take as "the
+ * writer is alive". Returns 0 or -errno. */
 int  gpuscope_ring_open(const char * path, uint64_t capacity, uint64_t strings_bytes);
 /* Mark the active ring closed cleanly, unmap it and stop recording. */
 void gpuscope_ring_close(void);

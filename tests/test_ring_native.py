@@ -12,14 +12,13 @@ import resource
 import signal
 import struct
 import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 from gpuscope.errors import NativeBuildError
 from gpuscope.ring import native
+from ring_programs import run_library_client
 
 MAGIC = 0x45504F4353555047
 STATE_OPEN, STATE_CLOSED, STATE_CRASHED = 1, 2, 3
@@ -84,7 +83,7 @@ def test_wrapping_producers_leave_a_ring_that_matches_the_spec(producer, tmp_pat
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert header["magic"] == MAGIC
     assert (header["abi_version"], header["header_size"], header["record_size"], header["payload_size"]) == \
-           (1, 4096, 64, 40)
+           (2, 4096, 64, 40)
     assert header["capacity"] == 1024  # rounded up to a power of two
     assert header["strings_offset"] == 4096
     assert header["records_offset"] == header["strings_offset"] + header["strings_capacity"]
@@ -160,57 +159,10 @@ def test_killed_writer_leaves_the_ring_open(producer, tmp_path):
     assert (header["state"], header["crash_signal"]) == (STATE_OPEN, 0)
 
 
-LIBRARY_CLIENT = textwrap.dedent("""
-    import ctypes, json, os, sys
-
-    class Mark(ctypes.Structure):
-        _fields_ = [("value", ctypes.c_int64), ("value2", ctypes.c_int64),
-                    ("name", ctypes.c_uint32), ("label", ctypes.c_uint32)]
-
-    lib = ctypes.CDLL(sys.argv[1])
-    lib.gpuscope_intern.restype = ctypes.c_uint32
-    lib.gpuscope_intern_n.restype = ctypes.c_uint32
-    lib.gpuscope_intern_n.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    lib.gpuscope_device.restype = ctypes.c_int16
-    lib.gpuscope_ring_path.restype = ctypes.c_char_p
-    lib.gpuscope_ring_open.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64]
-    lib.gpuscope_emit_slow.argtypes = [ctypes.c_uint16, ctypes.c_int16, ctypes.c_void_p, ctypes.c_size_t]
-    out = {}
-    if sys.argv[2] == "lazy":
-        # No open call: the first use opens $GPUSCOPE_RING; exiting without close must mark it closed.
-        out["devices"] = [lib.gpuscope_device(n) for n in (b"CUDA0", b"CPU", b"CUDA0")]
-        out["path"] = lib.gpuscope_ring_path().decode()
-        out["same"] = lib.gpuscope_intern(b"blk.0.attn_q") == lib.gpuscope_intern(b"blk.0.attn_q")
-        out["bounded"] = lib.gpuscope_intern_n(b"blk.0.attn_q", 5) == lib.gpuscope_intern(b"blk.0")
-        out["empty"] = lib.gpuscope_intern(b"")
-        mark = Mark(7, 8, lib.gpuscope_intern(b"hello"), 0)
-        lib.gpuscope_emit_slow(1, out["devices"][1], ctypes.byref(mark), ctypes.sizeof(mark))
-    else:
-        first, second = sys.argv[3].encode(), sys.argv[4].encode()
-        out["open_first"] = lib.gpuscope_ring_open(first, 16, 1)
-        ids = [lib.gpuscope_intern(b"name-%d" % i) for i in range(2000)]
-        out["interned"] = sum(1 for i in ids if i)
-        out["open_second"] = lib.gpuscope_ring_open(second, 16, 0)
-        lib.gpuscope_ring_close()
-        out["path_after_close"] = lib.gpuscope_ring_path()
-        out["intern_after_close"] = lib.gpuscope_intern(b"late")
-        out["device_after_close"] = lib.gpuscope_device(b"CPU")
-        out["open_missing_dir"] = lib.gpuscope_ring_open(sys.argv[5].encode(), 16, 0)
-    print(json.dumps(out))
-""")
-
-
-def run_library_client(tmp_path, *args: str, env: dict | None = None) -> dict:
-    script = tmp_path / "client.py"
-    script.write_text(LIBRARY_CLIENT)
-    done = subprocess.run([sys.executable, str(script), str(native.ring_library()), *args],
-                          capture_output=True, text=True, timeout=60, check=True, env=env)
-    return json.loads(done.stdout)
-
-
 def test_library_opens_lazily_from_the_environment_and_marks_closed_at_exit(tmp_path):
     path = tmp_path / "lazy.ring"
-    out = run_library_client(tmp_path, "lazy", env={**os.environ, "GPUSCOPE_RING": str(path)})
+    out, stderr = run_library_client(tmp_path, "lazy", env={**os.environ, "GPUSCOPE_RING": str(path)})
+    assert stderr == ""
     assert out == {"devices": [0, 1, 0], "path": str(path), "same": True, "bounded": True, "empty": 0}
 
     header, records, strings = read_ring(path)
@@ -227,11 +179,12 @@ def test_library_opens_lazily_from_the_environment_and_marks_closed_at_exit(tmp_
 
 def test_library_reopen_close_and_a_full_string_section(tmp_path):
     first, second = tmp_path / "first.ring", tmp_path / "second.ring"
-    out = run_library_client(tmp_path, "reopen", str(first), str(second), str(tmp_path / "missing" / "x.ring"))
+    out, _ = run_library_client(tmp_path, "reopen", str(first), str(second), str(tmp_path / "missing" / "x.ring"))
     assert out["open_first"] == 0 and out["open_second"] == 0
     assert out["path_after_close"] is None
     assert (out["intern_after_close"], out["device_after_close"]) == (0, -1)
     assert out["open_missing_dir"] == -errno.ENOENT
+    assert out["open_first_again"] == -errno.EEXIST  # not even its own earlier ring is opened again
 
     header, _, strings = read_ring(first)  # opening the second ring closed the first
     assert header["state"] == STATE_CLOSED

@@ -3,48 +3,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from gpuscope.ring.native import ring_tool
 from gpuscope.ring.reader import RingReader
-
-CHECKSUM = np.uint64(0x9E3779B97F4A7C15)
-
-
-def start_producer(path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(ring_tool("gpuscope-ring-producer")), "--path", str(path), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_ring(path, timeout: float = 10.0) -> RingReader:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return RingReader(path)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
-def check_marks(marks: pd.DataFrame, threads: int) -> None:
-    """Producer records are whole (checksum), unique, and in each thread's own order."""
-    values = marks["value"].to_numpy().astype(np.uint64)
-    with np.errstate(over="ignore"):
-        assert (marks["value2"].to_numpy().astype(np.uint64) == values * CHECKSUM).all(), "torn record"
-    assert np.unique(values).size == values.size, "a record was read twice"
-    thread = values >> np.uint64(40)
-    assert set(np.unique(thread)) <= set(range(threads))
-    for t in range(threads):
-        counters = values[thread == t] & np.uint64((1 << 40) - 1)
-        assert (np.diff(counters.astype(np.int64)) > 0).all()
-    names = marks["name"].astype(str)
-    assert (names == "producer-" + pd.Series(thread.astype(np.int64)).astype(str).to_numpy()).all()
+from ring_programs import check_marks, start_producer, wait_for_ring
 
 
 def test_four_producers_live_drain_accounts_for_every_record(tmp_path):
