@@ -25,6 +25,10 @@ class CorruptRingError(RingError):
     """The header holds impossible sizes or offsets, or the file is truncated."""
 
 
+class TraceError(GpuscopeError):
+    """A path that is not a readable gpuscope trace: no metadata, or metadata or tables that break the format."""
+
+
 class NativeBuildError(GpuscopeError):
     """Compiling gpuscope's native code failed."""
 

@@ -65,9 +65,10 @@ def _collectors(meta: dict) -> dict:
 
 
 def last_events(tables: dict[str, pd.DataFrame], count: int = 12) -> pd.DataFrame:
-    """The last events of the trace across kinds (what the engine did right before it stopped)."""
+    """The last events of the trace across kinds (what the engine did right before it stopped). Tables without
+    the events' ticket (a session's `steps`, the collectors') are not events of the ring."""
     parts = [frame[["seq", "ts_ns"]].assign(kind=kind, row=range(len(frame))).nlargest(count, "seq")
-             for kind, frame in tables.items() if len(frame)]
+             for kind, frame in tables.items() if len(frame) and {"seq", "ts_ns"} <= set(frame.columns)]
     if not parts:
         return pd.DataFrame(columns=["seq", "ts_ns", "kind", "detail"])
     last = pd.concat(parts).nlargest(count, "seq").sort_values("seq")

@@ -109,10 +109,11 @@ def _import_rocprof(args) -> int:
 
 
 def _export(args) -> int:
+    from gpuscope.cli import output_path
     from gpuscope.collectors.perfetto import export_perfetto
     from gpuscope.trace.model import load_trace
 
-    counts = export_perfetto(load_trace(args.trace), args.perfetto)
+    counts = export_perfetto(load_trace(args.trace), output_path(args.perfetto))
     print(f"gpuscope export: {counts['tracks']} tracks, {counts['slices']} slices, {counts['instants']} instants, "
           f"{counts['counter_values']} counter values, {counts['flows']} flows"
           + (f", {counts['clipped']} slices cut to nest" if counts["clipped"] else ""), file=sys.stderr)

@@ -20,8 +20,11 @@ def _analysis_options(args) -> dict:
 
 def _compare(args) -> int:
     from gpuscope.analysis.facade import Analysis
+    from gpuscope.cli import output_path
     from gpuscope.compare.compare import compare
 
+    if args.output:
+        output_path(args.output)
     options = _analysis_options(args)
     comparison = compare(Analysis(args.a, **options), Analysis(args.b, **options))
     if args.output:

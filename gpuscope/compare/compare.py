@@ -72,7 +72,8 @@ def _event_counts(analysis: Analysis) -> pd.Series:
                 counts[(kind, reason)] = int(count)
         else:
             counts[(kind, "")] = int(len(frame))
-    return pd.Series(counts, dtype=np.int64)
+    return pd.Series(list(counts.values()), dtype=np.int64,
+                     index=pd.MultiIndex.from_tuples(list(counts), names=["kind", "reason"]))
 
 
 def event_counts(a: Analysis, b: Analysis) -> pd.DataFrame:
@@ -84,7 +85,6 @@ def event_counts(a: Analysis, b: Analysis) -> pd.DataFrame:
     table["per_step_a"] = table["count_a"] / max(len(a.complete_steps), 1)
     table["per_step_b"] = table["count_b"] / max(len(b.complete_steps), 1)
     table["per_step_delta"] = table["per_step_b"] - table["per_step_a"]
-    table.index = table.index.set_names(["kind", "reason"])
     return table.reset_index()
 
 
@@ -102,8 +102,7 @@ def fa_plan_changes(a: Analysis, b: Analysis) -> pd.DataFrame:
 def allocations(a: Analysis, b: Analysis) -> pd.DataFrame:
     """Bytes per (location, owner) held by each run's buffers, and peak bytes per location."""
     def held(analysis):
-        placed = analysis.memory_placement
-        return placed.set_index(["location", "owner"])["bytes"] if len(placed) else pd.Series(dtype=np.int64)
+        return analysis.memory_placement.set_index(["location", "owner"])["bytes"]
 
     held_a, held_b = held(a), held(b)
     index = held_a.index.union(held_b.index)
@@ -112,9 +111,7 @@ def allocations(a: Analysis, b: Analysis) -> pd.DataFrame:
     table["delta"] = table["bytes_b"] - table["bytes_a"]
     peaks = []
     for label, analysis in (("a", a), ("b", b)):
-        peak = analysis.memory_peaks
-        peaks.append(peak.set_index("location")["peak_bytes"].rename(f"peak_{label}") if len(peak) else
-                     pd.Series(dtype=np.int64, name=f"peak_{label}"))
+        peaks.append(analysis.memory_peaks.set_index("location")["peak_bytes"].rename(f"peak_{label}"))
     table = table.reset_index()
     peak_table = pd.concat(peaks, axis=1).reset_index().rename(columns={"index": "location"})
     return table.merge(peak_table, on="location", how="left") if len(table) else table
@@ -123,9 +120,7 @@ def allocations(a: Analysis, b: Analysis) -> pd.DataFrame:
 def syncs_per_step(a: Analysis, b: Analysis) -> pd.DataFrame:
     """Per (reason, backend): syncs and their time per step in each trace."""
     def per_step(analysis):
-        summary = analysis.sync_summary
-        return summary.set_index(["reason", "backend"])[["syncs_per_step", "time_per_step_ns"]] if len(summary) else \
-            pd.DataFrame(columns=["syncs_per_step", "time_per_step_ns"])
+        return analysis.sync_summary.set_index(["reason", "backend"])[["syncs_per_step", "time_per_step_ns"]]
 
     s_a, s_b = per_step(a), per_step(b)
     table = s_a.add_suffix("_a").join(s_b.add_suffix("_b"), how="outer").fillna(0)

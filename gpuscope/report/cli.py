@@ -7,10 +7,16 @@ from gpuscope.doctor.cli import add_analysis_options, analysis_from_args
 
 
 def _run(args) -> int:
+    from gpuscope.cli import output_path
     from gpuscope.plots import standard_figures
     from gpuscope.report.report import write_report
     from gpuscope.report.static import export_pdf, export_png
 
+    output_path(args.output)
+    if args.png:
+        output_path(args.png, folder=True)
+    if args.pdf:
+        output_path(args.pdf)
     analysis = analysis_from_args(args.trace, args)
     out = write_report(analysis, args.output, title=args.title)
     print(f"report: {out.resolve()}")

@@ -21,14 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpuscope.errors import GpuscopeError
+from gpuscope.errors import TraceError
+from gpuscope.trace.format import META_MAX_BYTES, check_table, parse_meta, read_table
 
 FORMAT = "gpuscope-trace"
 FORMAT_VERSION = 1
-
-
-class TraceError(GpuscopeError):
-    """A path that is not a readable gpuscope trace."""
 
 
 @dataclass
@@ -78,19 +75,28 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
-    """Open a trace written by `gpuscope record`, a sweep, or `save_trace`."""
+    """Open a trace written by `gpuscope record`, a sweep, or `save_trace`; a damaged one is a TraceError naming
+    the file and the damage (gpuscope.trace.format checks it against docs/trace-format.md)."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise TraceError(f"{path}: not a gpuscope trace (no meta.json)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{meta_path}: damaged metadata ({exc})") from None
+        with open(meta_path, "rb") as file:
+            data = file.read(META_MAX_BYTES + 1)
+    except OSError as exc:
+        raise TraceError(f"{meta_path}: cannot be read ({exc.strerror})") from None
+    meta = parse_meta(data, meta_path)
     if meta.get("format") != FORMAT:
         raise TraceError(f"{path}: meta.json is not a gpuscope trace's")
     if meta.get("format_version") != FORMAT_VERSION:
         raise TraceError(f"{path}: trace format version {meta.get('format_version')}, this gpuscope reads "
                          f"{FORMAT_VERSION}")
-    tables = {file.stem: pd.read_parquet(file) for file in sorted((path / "tables").glob("*.parquet"))}
+    try:
+        files = sorted((path / "tables").glob("*.parquet"))
+    except OSError as exc:
+        raise TraceError(f"{path / 'tables'}: cannot be listed ({exc.strerror})") from None
+    for file in files:
+        check_table(file, file.stem)
+    tables = {file.stem: read_table(file, file.stem) for file in files}
     return Trace(meta=meta, tables=tables, path=path)
