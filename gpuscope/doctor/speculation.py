@@ -37,12 +37,14 @@ def speculation_net_effect(a) -> list[Finding]:
                 actions=["record the target decoding alone beside the rounds (speculative(..., baseline=32), "
                          "the default)"]))
         else:
-            verdict = "pays" if row.saving_share < 0 else "gains nothing measurable"
+            pays = row.saving_share < 0
             findings.append(Finding(
                 id="speculation.net-effect", severity="info",
-                statement=f"[{row.config}] speculation {verdict}: {speeds}, {row.speedup:.2f}x; "
-                          f"{row.acceptance:.0%} of drafted tokens accepted",
-                evidence=evidence, cause="the draft agrees often enough and costs little enough",
+                statement=f"[{row.config}] speculation {'pays' if pays else 'gains nothing measurable'}: {speeds}, "
+                          f"{row.speedup:.2f}x; {row.acceptance:.0%} of drafted tokens accepted",
+                evidence=evidence,
+                cause="the draft agrees often enough and costs little enough" if pays else
+                      f"the accepted drafts about pay for the draft and the verify batch (within {SLOWER_MARGIN:.0%})",
                 actions=[], config=row.config))
     return findings
 
