@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,13 +45,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     patch.set_defaults(func=_patch)
 
 
-def _build(args: argparse.Namespace) -> int:
-    spec = builds.BuildSpec(backend=args.backend, name=args.name, patches=args.patch, src=args.src,
+def build_spec(args: argparse.Namespace) -> builds.BuildSpec:
+    """What `gpuscope engine build ARGS` builds."""
+    return builds.BuildSpec(backend=args.backend, name=args.name, patches=args.patch, src=args.src,
                             hooks=not args.no_hooks, cuda_arch=args.cuda_arch, hip_arch=args.hip_arch,
                             targets=args.target, jobs=args.jobs)
-    build = builds.build_engine(spec)
+
+
+def _build(args: argparse.Namespace) -> int:
+    build = builds.build_engine(build_spec(args))
     print(build.bin_dir)
     return 0
+
+
+def twin_command(hooked: builds.Build, name: str) -> str:
+    """The `gpuscope engine build` command that makes `hooked`'s unhooked twin, called `name`: the same backend,
+    source, patches and GPU architecture, without the hooks."""
+    meta = hooked.meta
+    words = ["gpuscope", "engine", "build", "--no-hooks", "--name", name, "--backend", meta["backend"]]
+    if meta["source"]["upstream"] is None:  # built from a tree of the user's
+        words += ["--src", meta["source"]["path"]]
+    for patch in meta["patches"]:
+        words += ["--patch", patch["path"]]
+    architecture_flags = {"-DCMAKE_CUDA_ARCHITECTURES": "--cuda-arch", "-DGPU_TARGETS": "--hip-arch"}
+    for option in meta["options"]:
+        key, _, value = option.partition("=")
+        if key in architecture_flags:
+            words += [architecture_flags[key], value]
+    return shlex.join(words)
 
 
 def _list(args: argparse.Namespace) -> int:

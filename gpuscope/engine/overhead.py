@@ -18,7 +18,9 @@ import tempfile
 from pathlib import Path
 
 from gpuscope.cli import command_group
-from gpuscope.errors import GpuscopeError
+from gpuscope.engine.build import Build, find_build
+from gpuscope.engine.cli import twin_command
+from gpuscope.errors import EngineNotFoundError, GpuscopeError
 from gpuscope.trace.record import record
 
 ARMS = ("recording", "hooks_off", "unpatched")
@@ -79,10 +81,9 @@ def measure(bench: dict[str, Path], model: Path, depths: list[int], rounds: int,
 
 
 def _run(args) -> int:
-    from gpuscope.engine.build import find_program
-
-    bench = {"patched": find_program("llama-bench", build=args.engine),
-             "unpatched": find_program("llama-bench", build=args.baseline or f"{args.engine}-nohooks")}
+    hooked = find_build(args.engine)
+    bench = {"patched": hooked.program("llama-bench"),
+             "unpatched": unhooked_twin(hooked, args.baseline).program("llama-bench")}
     model = Path(args.model) if args.model else _default_bench_model()
     print(f"gpuscope bench overhead: {args.engine} vs its unpatched twin, {args.rounds} interleaved rounds",
           file=sys.stderr)
@@ -95,6 +96,22 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps(results))
     return 0
+
+
+def unhooked_twin(hooked: Build, baseline: str | None) -> Build:
+    """The build to measure `hooked` against: `baseline` (default: NAME-nohooks), which must have no hooks."""
+    default = f"{hooked.name}-nohooks"
+    name = baseline or default
+    try:
+        twin = find_build(name)
+    except EngineNotFoundError:
+        raise EngineNotFoundError(f"no unhooked twin {name!r} of build {hooked.name!r} to measure against: make "
+                                  f"it with `{twin_command(hooked, name)}`") from None
+    if twin.meta["hooks"]:
+        raise EngineNotFoundError(f"build {name!r} has the hooks, so it cannot stand for the unpatched engine: make "
+                                  f"the twin with `{twin_command(hooked, default)}`"
+                                  + (" and leave out --baseline" if name != default else ""))
+    return twin
 
 
 def _default_bench_model() -> Path:

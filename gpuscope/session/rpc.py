@@ -2,24 +2,26 @@
 
 Each server listens on a free loopback port, writes its events to its own ring (named by $GPUSCOPE_RING), and
 lives exactly as long as the session that started it: stopped on close, and killed by the kernel if the process
-that started it dies (PR_SET_PDEATHSIG), so a crashed or killed notebook leaves no server behind.
+that started it dies (PR_SET_PDEATHSIG, see `spawn`), so a crashed or killed notebook leaves no server behind.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
+import threading
 import time
-import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpuscope.errors import RpcServerError
-from gpuscope.trace.record import RingCollector, how_it_ended, ring_dir
+from gpuscope.session.scratch import new_ring_path, new_rpc_folder
+from gpuscope.trace.record import RingCollector, how_it_ended
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: the child only calls it
@@ -27,11 +29,52 @@ _START_ATTEMPTS = 3
 
 
 def die_with_parent() -> None:
-    """In a child between fork and exec: ask the kernel to kill it when its parent dies."""
+    """In a child between fork and exec: ask the kernel to kill it when the thread that forked it ends."""
     parent = os.getppid()
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+class _Spawner:
+    """Forks every child from one thread that ends only with this process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not its process: a session made in a
+    short-lived thread (a thread pool, a notebook's background job) lost its servers the moment that thread
+    returned, and the next decode over RPC aborted the process. This daemon thread waits on its queue until the
+    process exits (the interpreter's exit does not join daemon threads, so atexit handlers still find the
+    children alive and stop them properly)."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def popen(self, args: list[str], **options) -> subprocess.Popen:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # not alive: this is a fork of the process
+                self._thread = threading.Thread(target=self._serve, name="gpuscope-spawner", daemon=True)
+                self._thread.start()
+        started: Future = Future()
+        self._requests.put((args, options, started))
+        return started.result()
+
+    def _serve(self) -> None:
+        while True:
+            args, options, started = self._requests.get()
+            try:
+                started.set_result(subprocess.Popen(args, preexec_fn=die_with_parent, **options))
+            except BaseException as exc:  # noqa: BLE001 (raised in the thread that asked)
+                started.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def spawn(args: list[str], **options) -> subprocess.Popen:
+    """subprocess.Popen(args, **options) for a child the kernel kills when this process dies (and only then),
+    whichever thread asks."""
+    return _SPAWNER.popen(args, **options)
 
 
 def free_port() -> int:
@@ -73,15 +116,17 @@ class LocalRpcServers:
     rings' tables."""
 
     def __init__(self, program: Path, count: int, *, threads: int | None = None, ring_capacity: int | None = None,
-                 startup_timeout_s: float = 60.0):
+                 startup_timeout_s: float = 60.0, rings_owner: int | None = None):
+        """rings_owner: the pid of the process that reads and removes the servers' rings (default: this one)."""
         self.program = program
         self.count = count
         self.threads = threads or max(1, (os.cpu_count() or 1) // (count + 1))
         self.ring_capacity = ring_capacity
         self.startup_timeout_s = startup_timeout_s
+        self.rings_owner = rings_owner
         self.servers: list[RpcServer] = []
         self.collectors: dict[str, RingCollector] = {}
-        self._scratch = Path(tempfile.mkdtemp(prefix="gpuscope-rpc-"))
+        self._scratch = new_rpc_folder()
 
     @property
     def endpoints(self) -> list[str]:
@@ -101,20 +146,18 @@ class LocalRpcServers:
     def _start_one(self, index: int) -> RpcServer:
         for _ in range(_START_ATTEMPTS):  # a free port can be taken by someone else before the server binds it
             port = free_port()
-            ring_path = ring_dir() / f"gpuscope-rpc{index}-{uuid.uuid4().hex[:12]}.ring"
-            env = {**os.environ, "GPUSCOPE_RING": str(ring_path)}
+            ring = new_ring_path(f"rpc{index}", self.rings_owner)
+            env = {**os.environ, "GPUSCOPE_RING": str(ring)}
             if self.ring_capacity:
                 env["GPUSCOPE_RING_CAPACITY"] = str(self.ring_capacity)
             log_path = self._scratch / f"rpc{index}.log"
             with open(log_path, "w") as log:
-                process = subprocess.Popen(
-                    [str(self.program), "-H", "127.0.0.1", "-p", str(port), "-t", str(self.threads)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    preexec_fn=die_with_parent)
-            server = RpcServer(index, port, ring_path, log_path, process)
+                process = spawn([str(self.program), "-H", "127.0.0.1", "-p", str(port), "-t", str(self.threads)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+            server = RpcServer(index, port, ring, log_path, process)
             if self._wait_listening(server):
                 return server
-            ring_path.unlink(missing_ok=True)
+            ring.unlink(missing_ok=True)
         raise RpcServerError(f"{self.program} did not start on loopback after {_START_ATTEMPTS} attempts; "
                              f"its last words:\n{server.log_tail()}")
 
@@ -143,7 +186,8 @@ class LocalRpcServers:
         return [server for server in self.servers if server.process.poll() is not None]
 
     def stop(self) -> None:
-        """Stop every server still running: SIGTERM, then SIGKILL after 5 s. Their ring files stay."""
+        """Stop every server still running: SIGTERM, then SIGKILL after 5 s, and remove their logs. Their ring
+        files stay."""
         for server in self.servers:
             if server.process.poll() is None:
                 server.stopped_by_session = True
@@ -153,6 +197,7 @@ class LocalRpcServers:
                 except subprocess.TimeoutExpired:
                     server.process.kill()
                     server.process.wait()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def finish(self) -> dict[str, dict]:
         """Stop the servers and collect each one's events, then remove their rings:
@@ -165,7 +210,6 @@ class LocalRpcServers:
                                     "ring": ring_meta, "exit": server.exit_info()}
             server.ring_path.unlink(missing_ok=True)
         self.servers = []
-        shutil.rmtree(self._scratch, ignore_errors=True)
         return results
 
     def describe(self) -> list[dict]:

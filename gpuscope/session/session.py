@@ -19,7 +19,6 @@ import ctypes
 import os
 import sys
 import time
-import uuid
 from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,11 +32,12 @@ from gpuscope.models.store import progress
 from gpuscope.ring.reader import RingReader
 from gpuscope.session.assemble import build_trace, steps_frame
 from gpuscope.session.binding import EngineBuild, load_binding, resolve_engine
-from gpuscope.trace.record import NotPatchedError, RingCollector, ring_dir
+from gpuscope.trace.record import NotPatchedError, RingCollector
 from gpuscope.session.config import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, SplitConfig
 from gpuscope.session.ggml import Device, Ggml
 from gpuscope.session.model_info import ModelInfo, read_model_info
 from gpuscope.session.rpc import LocalRpcServers
+from gpuscope.session.scratch import new_ring_path, remove_leftovers
 from gpuscope.trace.model import Trace, save_trace
 from gpuscope.trace.standalone import standalone_meta
 
@@ -83,7 +83,7 @@ class Engine:
         self.llama.llama_log_set(self._log_callback, None)
         self.llama.llama_backend_init()
         self._owns_ring_file = ring_path is None
-        self.ring_path = ring_path or ring_dir() / f"gpuscope-session-{os.getpid()}-{uuid.uuid4().hex[:8]}.ring"
+        self.ring_path = ring_path or new_ring_path("session")
         status = self._ring_open(str(self.ring_path).encode(), ring_capacity or 0, 0)
         if status != 0:
             raise SessionError(f"could not open the ring at {self.ring_path}: {os.strerror(-status)}")
@@ -255,6 +255,7 @@ class Session:
                  engine: str | os.PathLike | EngineBuild | None = None, draft_model: str | os.PathLike | None = None,
                  isolate: bool = False, ring_path: str | os.PathLike | None = None, ring_capacity: int | None = None,
                  rpc_threads: int | None = None, verbose: bool = False, collect_events: bool = True):
+        remove_leftovers()
         self.config = config or SplitConfig()
         self.build = resolve_engine(engine)
         self.model_info = read_model_info(model if model is not None else default_model())
@@ -290,8 +291,10 @@ class Session:
         local = self.engine.local_devices()
         self._check(local)
         if self.config.local_rpc_servers:
+            # their rings belong to the process that reads them: this one, or the worker's parent
             self._rpc = LocalRpcServers(self.build.program("ggml-rpc-server"), self.config.local_rpc_servers,
-                                        threads=rpc_threads, ring_capacity=ring_capacity).start()
+                                        threads=rpc_threads, ring_capacity=ring_capacity,
+                                        rings_owner=None if self._collect else os.getppid()).start()
         self.devices = self._devices(local)
         for role, info in (("target", self.model_info), ("draft", self.draft_info)):
             if info is None:

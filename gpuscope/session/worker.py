@@ -3,46 +3,63 @@
 Two reasons to use it: an engine abort (GGML_ASSERT, SIGSEGV, SIGILL) kills the worker, not the notebook's
 kernel; and a process can load one libllama, so comparing two builds side by side needs two processes.
 
-The worker hosts a plain `Session(collect_events=False)`. This process reads the rings itself (the worker's and
-its RPC servers', named in the worker's first message), receives every step row as it is recorded, and builds the
-trace. So when the worker dies, everything it recorded up to its death is still here, and the trace says how it
-died (`meta["exit"]`, `meta["crashed"]`, and the ring's own state).
+The worker is a fresh interpreter started with an entry point of its own (`serve`), so any program can make one,
+a script read from standard input included. It hosts a plain `Session(collect_events=False)`. This process reads
+the rings itself (the worker's and its RPC servers', named in the worker's ready message), receives every step row
+as it is recorded, and builds the trace. So when the worker dies, everything it recorded up to its death is
+still here, and the trace says how it died (`meta["exit"]`, `meta["crashed"]`, and the ring's own state).
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
 import importlib
-import multiprocessing
 import os
+import subprocess
+import sys
 import time
 import traceback
-import uuid
+from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
+import gpuscope
 from gpuscope.errors import EngineCrashedError, GpuscopeError, SessionError
 from gpuscope.ring.reader import RingReader
 from gpuscope.session.assemble import build_trace, steps_frame
 from gpuscope.session.binding import EngineBuild, resolve_engine
-from gpuscope.trace.record import RingCollector, how_it_ended, ring_dir
 from gpuscope.session.config import SplitConfig
-from gpuscope.session.rpc import die_with_parent
+from gpuscope.session.rpc import spawn
+from gpuscope.session.scratch import new_ring_path, remove_leftovers
 from gpuscope.trace.model import Trace, save_trace
+from gpuscope.trace.record import RingCollector, how_it_ended
 
 _POLL_INTERVAL_S = 0.05
 
+# The worker's own entry point, not multiprocessing's spawn: spawn re-imports this program's __main__ in the
+# worker, which fails for a script read from standard input. The worker imports this gpuscope (argv[1] holds it),
+# then takes this process's sys.path, so that what session.run is given imports there as it does here.
+_ENTRY = ("import sys; sys.path.insert(0, sys.argv[1]); from gpuscope.session.worker import serve; "
+          "serve(int(sys.argv[2]))")
+_GPUSCOPE_HOME = Path(gpuscope.__file__).parent.parent
 
-def _worker_main(connection, spec: dict) -> None:
-    """Entry point of the worker process."""
-    die_with_parent()
-    from gpuscope.session.session import Session  # noqa: PLC0415 (imported in the child only)
 
+def serve(fd: int) -> None:
+    """The worker process: one Session, answering its parent's calls over the socket `fd`."""
+    connection = Connection(fd)
+    try:
+        sys.path[:] = connection.recv()
+        spec = connection.recv()
+        from gpuscope.session.session import Session  # noqa: PLC0415 (the worker's own import)
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it)
+        connection.send(("error", _portable(exc)))
+        return
+    connection.send(("started", None))  # from here on, a death of this process is the engine's
     try:
         session = Session(**spec, collect_events=False)
-    except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it)
+    except BaseException as exc:  # noqa: BLE001
         connection.send(("error", _portable(exc)))
         return
     session.add_step_listener(lambda row: connection.send(("step", row)))
@@ -53,6 +70,11 @@ def _worker_main(connection, spec: dict) -> None:
         except EOFError:  # the parent went away
             session.close()
             return
+        except Exception as exc:  # noqa: BLE001 (a call naming what this process cannot import)
+            unreadable = SessionError(f"the engine worker could not read the call ({type(exc).__name__}: {exc}): "
+                                      "what an isolated session is given must be importable from a module")
+            connection.send(("error", _portable(unreadable)))
+            continue
         try:
             if name == "close":
                 session.close()
@@ -103,14 +125,16 @@ class IsolatedSession:
                  verbose: bool = False):
         self.config = config or SplitConfig()
         self.build = resolve_engine(engine)
-        self.ring_path = ring_dir() / f"gpuscope-worker-{uuid.uuid4().hex[:12]}.ring"
+        remove_leftovers()
+        self.ring_path = new_ring_path("worker")  # this process reads it and removes it
         spec = {"model": str(model) if model is not None else None, "config": self.config, "engine": self.build,
                 "draft_model": str(draft_model) if draft_model is not None else None, "ring_path": str(self.ring_path),
                 "ring_capacity": ring_capacity, "rpc_threads": rpc_threads, "verbose": verbose}
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no libllama inherited
-        self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_worker_main, args=(child_end, spec), name="gpuscope-engine",
-                                        daemon=True)
+        self._connection, child_end = Pipe()
+        with child_end:  # a fresh interpreter: no libllama inherited
+            self._process = spawn([sys.executable, "-c", _ENTRY, str(_GPUSCOPE_HOME), str(child_end.fileno())],
+                                  pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL)
+        self._started = False
         self._rows: list[dict] = []
         self._tags: dict = {}
         self._listeners: list[Callable[[dict], None]] = []
@@ -122,11 +146,11 @@ class IsolatedSession:
         self._final: dict[str, dict] | None = None
         self._ring_reader: RingReader | None = None
         self._last_poll = 0.0
-        self._process.start()
-        child_end.close()
         self._pids["main"] = self._process.pid
         atexit.register(self.close)
         try:
+            self._send(sys.path, "Session()")
+            self._send(spec, "Session()")
             ready = self._receive("Session()")
         except BaseException:
             self.close()
@@ -144,11 +168,14 @@ class IsolatedSession:
         if self._exit is not None:
             raise EngineCrashedError(f"the engine worker is gone ({self._exit['how']}); session.trace() still "
                                      "holds what it recorded")
-        try:
-            self._connection.send((name, args, kwargs))
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            self._worker_died(name)
+        self._send((name, args, kwargs), name)
         return self._receive(name)
+
+    def _send(self, message, during: str) -> None:
+        try:
+            self._connection.send(message)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self._worker_died(during)
 
     def _receive(self, during: str):
         while True:
@@ -156,6 +183,9 @@ class IsolatedSession:
                 kind, payload = self._connection.recv()
             except (EOFError, ConnectionResetError, OSError):
                 self._worker_died(during)
+            if kind == "started":
+                self._started = True
+                continue
             if kind == "step":
                 self._rows.append(payload)
                 for listener in self._listeners:
@@ -168,15 +198,24 @@ class IsolatedSession:
             return payload
 
     def _worker_died(self, during: str):
-        self._process.join(timeout=30)
-        if self._process.exitcode is None:  # its end of the pipe failed but it still runs: end it
-            self._process.kill()
-            self._process.join()
-        self._exit = how_it_ended(self._process.exitcode)
+        self._exit = self._reap()
         self._finish()
+        if not self._started:
+            raise SessionError(
+                f"the worker process ({sys.executable}) {self._exit['how']} before it loaded the engine; its "
+                "error output went to this process's standard error")
         raise EngineCrashedError(
             f"the engine worker {self._exit['how']} during {during}; this process is unharmed, and "
             "session.trace() holds every step and event recorded up to the crash")
+
+    def _reap(self) -> dict:
+        """How the worker ended, once it has (killed if it still runs 30 s after its end of the pipe failed)."""
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        return how_it_ended(self._process.returncode)
 
     def _poll(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -202,7 +241,13 @@ class IsolatedSession:
     n_vocab = _Remote("n_vocab")
     set_capture = _Remote("set_capture")
     captured = _Remote("captured")
-    run = _Remote("run")
+
+    def run(self, function: Callable, *args, **kwargs):
+        """`function(session, *args, **kwargs)` inside the worker, which imports `function` by its module."""
+        if getattr(function, "__module__", None) == "__main__":
+            raise SessionError(f"session.run({function.__qualname__}): the engine worker cannot import this "
+                               "program's __main__; define the function in a module")
+        return self._call("run", function, *args, **kwargs)
 
     @property
     def label(self) -> str:
@@ -291,12 +336,8 @@ class IsolatedSession:
             with contextlib.suppress(EngineCrashedError):
                 ended = self._call("close")
                 self._server_exits = {name: p["exit"] for name, p in ended.items() if "exit" in p}
-            self._process.join(timeout=30)
-            if self._process.exitcode is None:
-                self._process.kill()
-                self._process.join()
             if self._exit is None:
-                self._exit = how_it_ended(self._process.exitcode)
+                self._exit = self._reap()
         self._finish()
 
     def __enter__(self) -> "IsolatedSession":
