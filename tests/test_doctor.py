@@ -156,7 +156,9 @@ def test_split_imbalance() -> None:
 def test_every_rule_has_a_test() -> None:
     tested = {"trace.lost-events", "engine.crashed", "allocator.churn", "graph.rebuilt", "fa.route-none",
               "placement.off-device", "sync.eval-callback", "copies.cross-device", "context.growth-above-floor",
-              "context.short-above-floor", "memory.split-imbalance"}
+              "context.short-above-floor", "memory.split-imbalance",
+              "config.slower",  # tests/test_verdict.py
+              "speculation.net-effect"}  # tests/test_speculation.py
     assert {rule_id for rule_id, _ in RULES} == tested
 
 

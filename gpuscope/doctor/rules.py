@@ -533,6 +533,9 @@ def slower_configs(a) -> list[Finding]:
         if len(row.depths) < row.depths_measured or row.slowdown_min < SLOWER_RATIO:
             continue  # fastest at some depth, or within the noise of reruns
         diff = _settings_diff(a, row.config, row.fastest)
+        labels = {str(c.get("label")) for c in a.trace.meta.get("configs") or []}
+        if not diff and {row.config, row.fastest} <= labels:
+            continue  # the same settings measured apart: the machine's drift between the runs, not a verdict
         budgets = {c: a.of_config(c).budget_summary.head(3) for c in (row.config, row.fastest)}
         top = budgets[row.config]
         why = "; ".join(f"{k}={here!r} where `{row.fastest}` has {best!r}" for k, (here, best) in diff.items()) \
@@ -575,17 +578,19 @@ RULES: tuple[tuple[str, Callable], ...] = (
     ("context.growth-above-floor", context_growth),
     ("context.short-above-floor", short_context_overhead),
     ("memory.split-imbalance", split_imbalance),
+    ("config.slower", slower_configs),
     ("speculation.net-effect", speculation_net_effect),
 )
 
 
-# about the recording, not a configuration: run once per trace
-TRACE_RULES = {"trace.lost-events", "engine.crashed"}
+# about the recording or across configurations: run once per trace
+TRACE_RULES = {"trace.lost-events", "engine.crashed", "config.slower"}
 
 
 def diagnose(analysis) -> list[Finding]:
     """Every rule's findings, each rule run on each configuration's part of the trace (and the findings named
-    after it), the configurations compared, most severe first, then by the saving of the first remedy."""
+    after it), the trace rules (the recording, the configurations compared) once, most severe first, then by the
+    saving of the first remedy."""
     findings = [f for rule_id, rule in RULES if rule_id in TRACE_RULES for f in rule(analysis)]
     for config in analysis.configs or [None]:
         part = analysis.of_config(config) if config is not None else analysis
@@ -598,7 +603,6 @@ def diagnose(analysis) -> list[Finding]:
                 if finding.share is not None and finding.saving_ns is None and len(wall):
                     finding.saving_ns = finding.share * float(wall.mean())  # shares are of the steps' total time
                 findings.append(finding)
-    findings += slower_configs(analysis)
     return sorted(findings, key=lambda f: f.sort_key)
 
 

@@ -6,11 +6,9 @@ that started it dies (PR_SET_PDEATHSIG, see `spawn`), so a crashed or killed not
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -21,19 +19,9 @@ from pathlib import Path
 
 from gpuscope.errors import RpcServerError
 from gpuscope.session.scratch import new_ring_path, new_rpc_folder
-from gpuscope.trace.record import RingCollector, how_it_ended
+from gpuscope.trace.record import RingCollector, die_with_parent, how_it_ended
 
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: the child only calls it
 _START_ATTEMPTS = 3
-
-
-def die_with_parent() -> None:
-    """In a child between fork and exec: ask the kernel to kill it when the thread that forked it ends."""
-    parent = os.getppid()
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 class _Spawner:
