@@ -33,7 +33,7 @@ def fit_groups(steps: pd.DataFrame) -> pd.DataFrame:
         upper = context >= middle
         # the upper half must span a quarter of the range: the steps of one depth of a depth sweep (32768..32800)
         # give a slope of their own noise and warm-up, not of the context
-        spread = np.ptp(context[upper]) >= 0.25 * np.ptp(context) if upper.any() else False
+        spread = np.ptp(context[upper]) >= 0.25 * np.ptp(context)  # the maximum is always in the upper half
         long_fit = robust_line(context[upper], wall[upper]) \
             if upper.sum() >= MIN_STEPS_FOR_FIT and spread and fit is not None else None
         rows.append({

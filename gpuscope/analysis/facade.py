@@ -33,6 +33,7 @@ class Analysis:
             self.settings["model"] = str(model)
         self.given_bandwidth = dict(bandwidth or {})
         self._options = {"model": model, "bandwidth": bandwidth}
+        self._parts: dict[str, Analysis] = {}
 
     def table(self, kind: str) -> pd.DataFrame:
         return self.trace.table(kind)
@@ -66,7 +67,9 @@ class Analysis:
         """The same questions about one configuration: an Analysis of its steps and events alone."""
         if len(self.configs) <= 1:
             return self
-        return Analysis(config_trace(self.trace, self.steps, config), **self._options)
+        if config not in self._parts:  # the doctor asks once per rule run and again to compare configurations
+            self._parts[config] = Analysis(config_trace(self.trace, self.steps, config), **self._options)
+        return self._parts[config]
 
     @functools.cached_property
     def config_table(self) -> pd.DataFrame:

@@ -52,20 +52,20 @@ def config_table(steps: pd.DataFrame, fits: pd.DataFrame, floor: pd.DataFrame | 
         slope = float(one_token.get(config, np.nan))
         rows.append({"config": config, "depth": int(depth), "steps": int(len(group)),
                      "ms_per_token": per_token / 1e6, "p25_ms": float(token_ns.quantile(0.25)) / 1e6,
-                     "p75_ms": float(token_ns.quantile(0.75)) / 1e6, "tokens_per_s": 1e9 / per_token if per_token > 0 else np.nan,
+                     "p75_ms": float(token_ns.quantile(0.75)) / 1e6,
+                     "tokens_per_s": 1e9 / per_token if per_token > 0 else np.nan,
                      "growth_ms_per_1k": slope * 1000 / 1e6 if np.isfinite(slope) else np.nan,
                      "floor_share": float(reached.median()) if len(reached) else np.nan})
     table = pd.DataFrame(rows)
-    best = table.groupby("depth")["ms_per_token"].transform("min")
+    fastest = table.loc[table.groupby("depth")["ms_per_token"].idxmin()].set_index("depth")
+    best = table["depth"].map(fastest["ms_per_token"])
     table["rank"] = table.groupby("depth")["ms_per_token"].rank(method="first").astype(int)
-    fastest = table.loc[table.groupby("depth")["ms_per_token"].idxmin(), ["depth", "config"]]
-    table["fastest"] = table["depth"].map(dict(zip(fastest["depth"], fastest["config"])))
+    table["fastest"] = table["depth"].map(fastest["config"])
     table["slowdown"] = table["ms_per_token"] / best
     table["ms_behind"] = table["ms_per_token"] - best
-    # slower beyond the noise: its quartile below the fastest one's upper quartile (steps of one configuration vary
-    # by seconds where the machine stalls)
-    fastest_p75 = table.groupby("depth")["p75_ms"].transform(lambda p: p.loc[table.loc[p.index, "ms_per_token"].idxmin()])
-    table["separated"] = (table["rank"] > 1) & (table["p25_ms"] > fastest_p75)
+    # slower beyond the noise: its lower quartile above the fastest one's upper quartile (steps of one configuration
+    # vary by seconds where the machine stalls)
+    table["separated"] = (table["rank"] > 1) & (table["p25_ms"] > table["depth"].map(fastest["p75_ms"]))
     return table.sort_values(["depth", "rank"], ignore_index=True)[_COLUMNS]
 
 

@@ -529,11 +529,11 @@ def _settings_diff(a, config: str, fastest: str) -> dict:
 def slower_configs(a) -> list[Finding]:
     findings = []
     table = a.config_table
+    labels = {str(c.get("label")) for c in a.trace.meta.get("configs") or []}
     for row in a.slower_configs.itertuples():
         if len(row.depths) < row.depths_measured or row.slowdown_min < SLOWER_RATIO:
             continue  # fastest at some depth, or within the noise of reruns
         diff = _settings_diff(a, row.config, row.fastest)
-        labels = {str(c.get("label")) for c in a.trace.meta.get("configs") or []}
         if not diff and {row.config, row.fastest} <= labels:
             continue  # the same settings measured apart: the machine's drift between the runs, not a verdict
         budgets = {c: a.of_config(c).budget_summary.head(3) for c in (row.config, row.fastest)}
