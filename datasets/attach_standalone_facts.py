@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpuscope.models import default_model
 from gpuscope.models.synth import write_header
-from gpuscope.trace.ggml_names import engine_op_names
+from gpuscope.trace.standalone import engine_op_names
 from gpuscope.trace.model_bytes import model_bytes, run_settings
 
 HERE = Path(__file__).resolve().parent

@@ -12,14 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpuscope.collectors.stacks import collect_stacks_sweep
+from gpuscope.runs.collect import StackCollection
 from gpuscope.engine.build import Build, BuildSpec, build_engine
 from gpuscope.models import default_model, synth_model
 from gpuscope.session.config import SplitConfig
 from gpuscope.session.rpc import LocalRpcServers
-from gpuscope.session.workloads import sweep
+from gpuscope.runs.sweep import sweep
 from gpuscope.trace.model import load_trace
-from gpuscope.trace.record import record
+from gpuscope.runs.record import record
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "cpu"
@@ -88,8 +88,8 @@ def split_sweep() -> None:
 
 def stacks_sweep() -> None:
     """The clean sweep's workload under py-spy (native stacks), the engine in a worker process."""
-    collect_stacks_sweep([SplitConfig()], default_model(), depths=(0, 256, 512), n_steps=16, isolate=True,
-                         progress=False, out=OUT / "cpu-stacks-gemma3.trace")
+    sweep([SplitConfig()], default_model(), depths=(0, 256, 512), n_steps=16, isolate=True, progress=False,
+          around=StackCollection(), out=OUT / "cpu-stacks-gemma3.trace")
 
 
 RECIPES = {

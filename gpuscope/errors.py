@@ -131,3 +131,7 @@ class StaticExportUnavailableError(ReportError):
 
 class MissingExtraError(GpuscopeError):
     """An optional part of gpuscope is used without the extra that installs it."""
+
+
+class NotPatchedError(GpuscopeError):
+    """The engine carries no gpuscope hooks."""

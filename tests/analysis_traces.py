@@ -16,7 +16,7 @@ from gpuscope.engine.build import Build, BuildSpec, build_engine
 from gpuscope.models.synth import synth_model
 from gpuscope.session.rpc import LocalRpcServers
 from gpuscope.trace.model import Trace, load_trace
-from gpuscope.trace.record import record
+from gpuscope.runs.record import record
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT / "datasets" / "traces"

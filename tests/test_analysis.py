@@ -10,6 +10,7 @@ from gguf import GGUFReader
 from analysis_traces import batches, bench, dataset, eval_callback, rpc, stacks, tiny_model
 from gpuscope.analysis import Analysis
 from gpuscope.analysis.budget import step_budget
+from gpuscope.doctor.rules import diagnose
 from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
 from gpuscope.analysis.stats import bootstrap_median_difference, robust_line
 from gpuscope.trace.combine import combine
@@ -204,5 +205,5 @@ def test_analysis_of_empty_tables() -> None:
     from gpuscope.trace.model import Trace
 
     a = Analysis(Trace(meta={}, tables={}))
-    assert a.steps.empty and a.budget.empty and a.findings == []
+    assert a.steps.empty and a.budget.empty and diagnose(a) == []
     assert step_budget(a.steps, *(pd.DataFrame() for _ in range(5))).empty

@@ -115,7 +115,7 @@ def test_notebook_01_in_jupyterlab_shows_the_dashboard_updating(engine_build, ge
                                                                 artifacts) -> None:
     import nbformat
 
-    from gpuscope.notebooks import notebook_path, with_parameters
+    from gpuscope.runs.notebooks import notebook_path, with_parameters
 
     url, token = jupyterlab
     notebook = with_parameters(nbformat.read(notebook_path("01-diagnose-slow-decode"), as_version=4),

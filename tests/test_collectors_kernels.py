@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gpuscope.collectors.kernel_table import (FAMILIES, base_name, classify, fa_kernels_by_route,
-                                              fa_route_summary, family_time_per_step, gpu_busy_per_step,
-                                              kernel_frame)
+from gpuscope.analysis.kernels import (fa_kernels_by_route, fa_route_summary, family_time_per_step,
+                                       gpu_busy_per_step)
+from gpuscope.collectors.kernel_table import FAMILIES, base_name, classify, kernel_frame
 from gpuscope.engine.source import pinned_source
 from gpuscope.trace.model import Trace
 

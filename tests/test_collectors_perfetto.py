@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gpuscope.collectors.perfetto import (TRACK_COUNTS_SQL, export_perfetto, load_trace_processor, read_packets,
+from gpuscope.export.perfetto import (TRACK_COUNTS_SQL, export_perfetto, load_trace_processor, read_packets,
                                           trace_processor_binary)
 from gpuscope.collectors.rocprof import read_rocprof
-from gpuscope.session import Session, SplitConfig
+from gpuscope.session import SplitConfig, open_session
 from gpuscope.session.workloads import sweep_loop
 from gpuscope.trace.model import load_trace, save_trace
 
@@ -25,7 +25,7 @@ DATA = Path(__file__).parent / "data" / "rocprofv3"
 
 @pytest.fixture(scope="module")
 def rpc_trace(engine_build, tiny_model, tmp_path_factory):
-    session = Session(tiny_model, SplitConfig(devices=["rpc:0", "rpc:1"], n_ctx=256), engine=engine_build,
+    session = open_session(tiny_model, SplitConfig(devices=["rpc:0", "rpc:1"], n_ctx=256), engine=engine_build,
                       isolate=True)
     try:
         session.run(sweep_loop, [0, 64], 4)

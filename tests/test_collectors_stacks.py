@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
-from gpuscope.collectors.stacks import (CATEGORIES, StackSampler, attribute, folded, py_spy_command,
-                                        sample_session, time_per_step)
+from gpuscope.analysis.cpu_stacks import folded, time_per_step
+from gpuscope.collectors.stacks import CATEGORIES, StackSampler, attribute, py_spy_command
+from gpuscope.runs.collect import StackCollection
+from gpuscope.trace.steps import join_to_steps
 from gpuscope.errors import AttachPermissionError, CollectorUnavailableError, TargetExitedError
-from gpuscope.session import Session, SplitConfig
+from gpuscope.session import SplitConfig, open_session
 from gpuscope.session.workloads import sweep_loop
 
 
@@ -23,9 +25,10 @@ needs_py_spy = pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installe
 @pytest.fixture(scope="module")
 def sampled(engine_build, gemma):
     """An isolated session (the engine in a worker process) decoding the real default model under py-spy."""
-    session = Session(gemma, SplitConfig(n_ctx=512), engine=engine_build, isolate=True)
+    session = open_session(gemma, SplitConfig(n_ctx=512), engine=engine_build, isolate=True)
     try:
-        stacks, meta = sample_session(session, sweep_loop, [0, 256], 16, rate=100)
+        stacks, meta = StackCollection(rate=100).run(session, sweep_loop, [0, 256], 16)
+        stacks = stacks.assign(in_step=join_to_steps(stacks, session.steps))  # as the sweep joins it
     finally:
         session.close()
     return stacks, meta, session.steps

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpuscope.analysis import Analysis
+from gpuscope.doctor.rules import diagnose
 from gpuscope.plots import standard_figures
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"
@@ -43,7 +44,7 @@ EXPECTED_TWO_GPUS = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TWO_GPUS))
 def test_two_gpu_dataset_findings(name) -> None:
-    findings = {f.id: f.severity for f in Analysis(DATASETS / "h200x2-splits" / f"{name}.trace").findings}
+    findings = {f.id: f.severity for f in diagnose(Analysis(DATASETS / "h200x2-splits" / f"{name}.trace"))}
     assert findings == EXPECTED_TWO_GPUS[name]
 
 
@@ -74,7 +75,7 @@ def test_two_gpu_tensor_split_work_inside_the_meta_backend() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_cpu_dataset_shows_its_problem(name) -> None:
-    findings = {f.id: f.severity for f in Analysis(DATASETS / "cpu" / f"{name}.trace").findings}
+    findings = {f.id: f.severity for f in diagnose(Analysis(DATASETS / "cpu" / f"{name}.trace"))}
     assert findings == EXPECTED[name]
 
 
@@ -100,7 +101,7 @@ import json, sys
 from pathlib import Path
 from gpuscope.analysis import Analysis
 root = Path(sys.argv[1])
-print(json.dumps({str(t.relative_to(root)): {f.id: [f.severity, f.statement] for f in Analysis(t).findings}
+print(json.dumps({str(t.relative_to(root)): {f.id: [f.severity, f.statement] for f in diagnose(Analysis(t))}
                   for t in sorted(root.glob("*/*.trace"))}))
 """
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpuscope.notebooks import NOTEBOOKS
+from gpuscope.runs.notebooks import NOTEBOOKS
 
 
 def test_demo_writes_a_report_it_names_and_the_notebooks(engine_build, gemma, tmp_path) -> None:

@@ -37,7 +37,7 @@ for module in pkgutil.walk_packages(gpuscope.__path__, "gpuscope."):
     except Exception as exc:
         failed[module.name] = f"{type(exc).__name__}: {exc}"
 from gpuscope.errors import MissingExtraError
-from gpuscope.notebooks import run_notebook
+from gpuscope.runs.notebooks import run_notebook
 try:
     run_notebook("01-diagnose-slow-decode")
     extra_message = None

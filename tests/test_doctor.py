@@ -12,15 +12,16 @@ import pytest
 
 from analysis_traces import batches, bench, dataset, eval_callback, rpc
 from gpuscope.analysis import Analysis
+from gpuscope.doctor.rules import diagnose
 from gpuscope.doctor.rules import RULES
 
 
 def findings(trace, **options) -> dict:
-    return {f.id: f for f in Analysis(trace, **options).findings}
+    return {f.id: f for f in diagnose(Analysis(trace, **options))}
 
 
 def warnings_of(trace, **options) -> list[str]:
-    return [f"{f.id}: {f.statement}" for f in Analysis(trace, **options).findings if f.severity != "info"]
+    return [f"{f.id}: {f.statement}" for f in diagnose(Analysis(trace, **options)) if f.severity != "info"]
 
 
 # -- clean runs: no warnings at all ----------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def test_fa_route_none() -> None:
     # remedies by reason: a KV type with no kernel first asks for another KV type ...
     assert finding.actions[0].startswith("use a KV cache type")
     # ... a head size with no kernel (f16 K/V) first turns FlashAttention off, and never asks for an f16 KV cache
-    head_size = Analysis(Path(__file__).resolve().parent.parent / "datasets/h100-fa-routes/d160-fa1.trace").findings
+    head_size = diagnose(Analysis(Path(__file__).resolve().parent.parent / "datasets/h100-fa-routes/d160-fa1.trace"))
     route = next(f for f in head_size if f.id == "fa.route-none")
     assert route.actions[0].startswith("turn FlashAttention off") and not any("KV cache type" in a
                                                                                 for a in route.actions)
@@ -159,7 +160,7 @@ def test_every_rule_has_a_test() -> None:
               "context.short-above-floor", "memory.split-imbalance",
               "config.slower",  # tests/test_verdict.py
               "speculation.net-effect"}  # tests/test_speculation.py
-    assert {rule_id for rule_id, _ in RULES} == tested
+    assert {registered.id for registered in RULES} == tested
 
 
 def test_doctor_cli_text_and_json() -> None:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from gpuscope.cli import build_parser, main
-from gpuscope.engine.cli import build_spec
+from gpuscope.cli.engine import build_spec
 
 
 def _named_command(message: str):

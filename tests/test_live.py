@@ -17,7 +17,7 @@ from gpuscope.live import live
 from gpuscope.ring.reader import RingReader
 from gpuscope.session import Session, SplitConfig
 from gpuscope.session.workloads import sweep_loop
-from gpuscope.trace.record import ring_dir
+from gpuscope.trace.ringtap import ring_dir
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuscope.notebooks import NOTEBOOKS, notebooks_dir, run_notebook, summary_of
+from gpuscope.runs.notebooks import NOTEBOOKS, notebooks_dir, run_notebook, summary_of
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 PLOTLY = "application/vnd.plotly.v1+json"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpuscope.doctor.rules import diagnose
 from gpuscope.analysis import Analysis
 from gpuscope.compare.compare import compare
 from gpuscope.errors import StaticExportUnavailableError
@@ -111,13 +112,13 @@ def test_copy_matrix_is_source_by_destination_with_the_tensors_copied() -> None:
 
 
 def test_flame_chart_adds_up_the_sampled_stacks() -> None:
-    from gpuscope.collectors.stacks import folded
     from gpuscope.plots import cpu_flame
 
-    stacks = Analysis(dataset("cpu-stacks-gemma3")).trace.tables["cpu_stacks"]
+    a = Analysis(dataset("cpu-stacks-gemma3"))
+    stacks = a.folded_stacks
     icicle = cpu_flame(stacks, min_share=0.0).data[0]
     values = dict(zip(icicle.ids, icicle.values))
-    total = int(folded(stacks)["samples"].sum())
+    total = int(a.trace.tables["cpu_stacks"]["samples"].sum())
     assert sum(v for i, p, v in zip(icicle.ids, icicle.parents, icicle.values) if p == "") == total
     # every frame holds at least what its callees hold, and the engine's CPU kernels are in there
     assert all(values[p] >= v for p, v in zip(icicle.parents, icicle.values) if p)
@@ -161,7 +162,7 @@ def test_report_is_self_contained_and_escapes_engine_names(tmp_path) -> None:
 def test_report_lists_findings_with_their_evidence(tmp_path) -> None:
     a = Analysis(dataset("cpu-eval-callback-syncs"))
     page = write_report(a, tmp_path / "r.html").read_text()
-    finding = a.findings[0]
+    finding = diagnose(a)[0]
     assert finding.id == "sync.eval-callback"
     assert f"<code>{finding.id}</code>" in page and "Likely cause:" in page
     assert str(finding.evidence["syncs_per_step"]) in page

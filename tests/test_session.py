@@ -19,6 +19,7 @@ import pytest
 
 from gpuscope.errors import DecodeError, EngineCrashedError, SplitConfigError
 from gpuscope.session import Session, SplitConfig, capture_hidden_states, speculative
+from gpuscope.session.protocol import open_session
 from gpuscope.trace.model import load_trace
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -197,7 +198,7 @@ def test_capture_costs_one_sync_per_captured_tensor_per_step(engine_build, tiny_
 
 def test_a_worker_whose_engine_aborts_leaves_the_parent_a_crashed_trace(engine_build, tiny_model, monkeypatch):
     monkeypatch.setenv("GGML_NO_BACKTRACE", "1")  # ggml would otherwise attach gdb to print a backtrace
-    session = Session(tiny_model, SplitConfig(n_ctx=256, n_batch=32, n_ubatch=32, n_threads=1),
+    session = open_session(tiny_model, SplitConfig(n_ctx=256, n_batch=32, n_ubatch=32, n_threads=1),
                       engine=engine_build, isolate=True)
     session.fill(40)
     for token in session.random_tokens(3):

@@ -17,19 +17,19 @@ import pytest
 
 from gpuscope.session import Session, SplitConfig
 from gpuscope.session.scratch import process_alive
-from gpuscope.trace.record import ring_dir
+from gpuscope.trace.ringtap import ring_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 _PRELUDE = """
     import json, os, sys, threading, time
     from gpuscope.errors import GpuscopeError
-    from gpuscope.session import Session, SplitConfig
+    from gpuscope.session import Session, SplitConfig, open_session
     from gpuscope.session.scratch import process_alive
     from gpuscope.session.workloads import sweep_loop
     MODEL, ENGINE = {model!r}, {engine!r}
     def session(isolate, devices=None):
-        return Session(MODEL, SplitConfig(devices=devices, n_ctx=128, n_threads=1), engine=ENGINE, isolate=isolate)
+        return open_session(MODEL, SplitConfig(devices=devices, n_ctx=128, n_threads=1), engine=ENGINE, isolate=isolate)
 """
 
 

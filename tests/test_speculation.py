@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpuscope.analysis import Analysis
+from gpuscope.doctor.rules import diagnose
 from gpuscope.analysis.speculation import plain_decoding
 from gpuscope.doctor.findings import json_ready
 from gpuscope.doctor.speculation import SLOWER_MARGIN, speculation_net_effect
@@ -163,7 +164,7 @@ def test_findings_per_configuration_in_a_combined_trace(runs) -> None:
     # the plain run has no rounds: measured alone, nothing to say about speculation
     assert plain_decoding(runs["plain before"].tables["steps"])["plain_steps"].tolist() == [PLAIN_TOKENS - 2]
     assert speculation_net_effect(Analysis(runs["plain before"])) == []
-    assert any(f.id == "speculation.net-effect" for f in analysis.findings)
+    assert any(f.id == "speculation.net-effect" for f in diagnose(analysis))
 
 
 def test_bad_workload_parameters_are_refused(engine_build, tiny_model) -> None:

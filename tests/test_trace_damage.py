@@ -456,10 +456,10 @@ def test_doctor_reads_the_trace_of_an_isolated_session_that_crashed_mid_decode(e
     from test_session import abort_in_decode
 
     from gpuscope.errors import EngineCrashedError
-    from gpuscope.session import Session, SplitConfig
+    from gpuscope.session import SplitConfig, open_session
 
     monkeypatch.setenv("GGML_NO_BACKTRACE", "1")  # ggml would otherwise attach gdb to print a backtrace
-    session = Session(tiny_model, SplitConfig(n_ctx=256, n_batch=32, n_ubatch=32, n_threads=1),
+    session = open_session(tiny_model, SplitConfig(n_ctx=256, n_batch=32, n_ubatch=32, n_threads=1),
                       engine=engine_build, isolate=True)
     session.fill(40)
     session.decode([1])

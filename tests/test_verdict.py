@@ -8,7 +8,9 @@ import pytest
 
 from gpuscope.analysis import Analysis
 from gpuscope.doctor.rules import headline
-from gpuscope.session import SplitConfig, sweep
+from gpuscope.doctor.rules import diagnose
+from gpuscope.runs.sweep import sweep
+from gpuscope.session import SplitConfig
 
 DEPTHS = [1536]  # the host's KV copies grow with the context: 2-4x the step at 1536 cells
 STEPS = 32
@@ -22,15 +24,15 @@ def test_a_slower_configuration_is_named_with_a_saving_the_fix_delivers(tiny_mod
     fast = SplitConfig(devices=["rpc:0", "rpc:1"], n_ctx=2048, n_threads=1, name="kv with layers")
     slow = SplitConfig(devices=["rpc:0", "rpc:1"], offload_kqv=False, n_ctx=2048, n_threads=1, name="kv on host")
     analysis = Analysis(_sweep([fast, slow], tiny_model, engine_build))
-    slower = [f for f in analysis.findings if f.id == "config.slower"]
+    slower = [f for f in diagnose(analysis) if f.id == "config.slower"]
     assert [f.config for f in slower] == ["kv on host"], analysis.config_table.to_string()
     finding = slower[0]
     assert finding.evidence["fastest"] == "kv with layers"
     assert finding.evidence["settings"] == {"offload_kqv": [False, True]}
-    assert headline(analysis, analysis.findings).startswith("`kv on host`: ")
+    assert headline(analysis, diagnose(analysis)).startswith("`kv on host`: ")
     # every finding names the configuration it belongs to: the copies are the slow configuration's alone
-    assert all(f.config in ("kv with layers", "kv on host") for f in analysis.findings)
-    assert {f.config for f in analysis.findings if f.id == "copies.cross-device"} == {"kv on host"}
+    assert all(f.config in ("kv with layers", "kv on host") for f in diagnose(analysis))
+    assert {f.config for f in diagnose(analysis) if f.id == "copies.cross-device"} == {"kv on host"}
 
     # the fix, measured: the fastest configuration run again on its own
     rerun = Analysis(_sweep([fast], tiny_model, engine_build)).config_table
@@ -48,5 +50,5 @@ def test_equal_configurations_give_no_verdict_against_either(tiny_model, engine_
     configs = [SplitConfig(n_ctx=2048, n_threads=1, name=name) for name in ("first", "second")]
     analysis = Analysis(_sweep(configs, tiny_model, engine_build))
     assert analysis.configs == ["first", "second"]
-    assert not [f for f in analysis.findings if f.id == "config.slower"], [f.to_text() for f in analysis.findings]
-    assert not [f for f in analysis.findings if f.severity != "info"]
+    assert not [f for f in diagnose(analysis) if f.id == "config.slower"], [f.to_text() for f in diagnose(analysis)]
+    assert not [f for f in diagnose(analysis) if f.severity != "info"]

@@ -8,7 +8,7 @@ import torch
 
 from gpuscope.models.synth import synth_model
 from gpuscope.trace.model import save_trace
-from gpuscope.trace.record import record
+from gpuscope.runs.record import record
 
 
 def read_bandwidth_gbps() -> float:

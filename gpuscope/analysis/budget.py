@@ -241,31 +241,22 @@ def budget_summary(budget: pd.DataFrame) -> pd.DataFrame:
         .sort_values("ns", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def collector_budget(steps: pd.DataFrame, cpu_stacks: pd.DataFrame | None,
-                     kernels: pd.DataFrame | None) -> pd.DataFrame:
-    """Per step: `cpu:<category>` from py-spy's stacks and `gpu:<family>` / `gpu_busy_ns` from the kernel table,
-    for the collectors that ran (gpuscope.collectors: stacks.time_per_step, kernel_table.family_time_per_step and
-    gpu_busy_per_step do the joining)."""
+def collector_budget(steps: pd.DataFrame, cpu_time: pd.DataFrame | None, gpu_families: pd.DataFrame | None,
+                     gpu_busy: pd.DataFrame | None) -> pd.DataFrame:
+    """Per step: `cpu:<category>` from the sampled stacks' time per step and `gpu:<family>` / `gpu_busy_ns` from
+    the kernels' time per step, for the collectors that ran (their joins: gpuscope.analysis.cpu_stacks and
+    gpuscope.analysis.kernels)."""
     table = pd.DataFrame({"step": steps["step"].to_numpy(np.int64), "wall_ns": steps["wall_ns"].to_numpy(np.float64)})
     if not len(steps):
         return table
     parts = []
-    if cpu_stacks is not None and len(cpu_stacks):
-        from gpuscope.collectors.stacks import time_per_step
-
-        cpu = time_per_step(cpu_stacks, steps)
-        if len(cpu):
-            parts.append(cpu.pivot_table(index="step", columns="category", values="time_ns", aggfunc="sum")
-                         .add_prefix("cpu:"))
-    if kernels is not None and len(kernels):
-        from gpuscope.collectors.kernel_table import family_time_per_step, gpu_busy_per_step
-
-        families = family_time_per_step(kernels, steps)
-        if len(families):
-            parts.append(families.pivot_table(index="step", columns="family", values="time_ns", aggfunc="sum")
-                         .add_prefix("gpu:"))
-            parts.append(gpu_busy_per_step(kernels, steps).groupby("step")["busy_ns"].sum().rename("gpu_busy_ns")
-                         .to_frame())
+    if cpu_time is not None and len(cpu_time):
+        parts.append(cpu_time.pivot_table(index="step", columns="category", values="time_ns", aggfunc="sum")
+                     .add_prefix("cpu:"))
+    if gpu_families is not None and len(gpu_families):
+        parts.append(gpu_families.pivot_table(index="step", columns="family", values="time_ns", aggfunc="sum")
+                     .add_prefix("gpu:"))
+        parts.append(gpu_busy.groupby("step")["busy_ns"].sum().rename("gpu_busy_ns").to_frame())
     for part in parts:
         table = table.join(part, on="step")
     return table.fillna(0)

@@ -9,11 +9,13 @@ import pandas as pd
 
 from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, speculation, syncs, verdict
 from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
-from gpuscope.trace.ggml_names import op_names
+from gpuscope.analysis.cpu_stacks import folded, time_per_step
 from gpuscope.analysis.health import health, last_events
-from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
+from gpuscope.analysis.kernels import family_time_per_step, gpu_busy_per_step
 from gpuscope.analysis.steps import assign_steps, event_runs, main_process, step_table
+from gpuscope.trace.ggml_names import op_names
 from gpuscope.trace.model import Trace, load_trace
+from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
 
 
 class Analysis:
@@ -166,8 +168,33 @@ class Analysis:
         """Per complete step, what the collectors saw where they ran (empty otherwise): CPU time of the engine's
         sampled threads by category (`cpu:<category>`, from cpu_stacks) and GPU time by kernel family
         (`gpu:<family>`, from kernels; overlapping streams count twice) with `gpu_busy_ns` (their union)."""
-        return budget.collector_budget(self.complete_steps, self.trace.tables.get("cpu_stacks"),
-                                       self.trace.tables.get("kernels"))
+        return budget.collector_budget(self.complete_steps, self.cpu_time, self.gpu_families, self.gpu_busy)
+
+    # -- collectors' tables against steps (None where that collector did not run) --------------------------------
+
+    @functools.cached_property
+    def gpu_busy(self) -> pd.DataFrame | None:
+        """Per complete step and GPU: busy time, idle gaps, lead and tail (gpuscope.analysis.kernels)."""
+        kernels = self.trace.tables.get("kernels")
+        return gpu_busy_per_step(kernels, self.complete_steps) if _has_rows(kernels) else None
+
+    @functools.cached_property
+    def gpu_families(self) -> pd.DataFrame | None:
+        """Per complete step, GPU, kernel family and FA kind: activities and their time."""
+        kernels = self.trace.tables.get("kernels")
+        return family_time_per_step(kernels, self.complete_steps) if _has_rows(kernels) else None
+
+    @functools.cached_property
+    def cpu_time(self) -> pd.DataFrame | None:
+        """Per complete step and category: sampled CPU time of the engine's threads (gpuscope.analysis.cpu_stacks)."""
+        stacks = self.trace.tables.get("cpu_stacks")
+        return time_per_step(stacks, self.complete_steps) if _has_rows(stacks) else None
+
+    @functools.cached_property
+    def folded_stacks(self) -> pd.DataFrame | None:
+        """Folded native CPU stacks (what a flame graph draws), most time first."""
+        stacks = self.trace.tables.get("cpu_stacks")
+        return folded(stacks) if _has_rows(stacks) else None
 
     # -- allocator -----------------------------------------------------------------------------------------------
 
@@ -284,17 +311,13 @@ class Analysis:
     def last_events(self, count: int = 12) -> pd.DataFrame:
         return last_events(self.trace.tables, count)
 
-    # -- diagnosis ---------------------------------------------------------------------------------------------------
-
-    @functools.cached_property
-    def findings(self) -> list:
-        from gpuscope.doctor.rules import diagnose
-
-        return diagnose(self)
-
     def __repr__(self) -> str:
         where = self.trace.path or "in memory"
         return f"Analysis({where}: {len(self.steps)} steps)"
+
+
+def _has_rows(frame: pd.DataFrame | None) -> bool:
+    return frame is not None and len(frame) > 0
 
 
 def config_trace(trace: Trace, steps: pd.DataFrame, config: str) -> Trace:

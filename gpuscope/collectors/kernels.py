@@ -24,11 +24,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from gpuscope.collectors.clock import offset_from_bounds
 from gpuscope.collectors.kernel_table import empty_kernels, kernel_frame
 from gpuscope.errors import CollectorUnavailableError, CuptiConflictError, ProfileFormatError
 
@@ -48,7 +49,7 @@ def gpu_backend() -> tuple[str, str]:
     """('cuda' | 'rocm', device name prefix as ggml names devices) of this process's torch, or raise saying
     what is missing."""
     try:
-        import torch
+        import torch  # the 'torch' extra, loaded only when kernels are collected
     except ImportError:
         raise CollectorUnavailableError(
             "GPU kernel collection needs torch (its profiler records the kernels): pip install 'gpuscope[torch]' "
@@ -71,7 +72,7 @@ def gpu_backend() -> tuple[str, str]:
 def cupti_conflict() -> str | None:
     """Why another CUPTI client may hold the activity API in this process, or None. Only CUDA before 13.3 allows
     a single subscriber."""
-    import torch
+    import torch  # the 'torch' extra
 
     if getattr(torch.version, "hip", None):
         return None
@@ -174,13 +175,9 @@ def marker_spans(events: list[dict], base_ns: int, name: str = MARKER_NAME) -> p
 
 
 def clock_offset(spans: pd.DataFrame, brackets: Sequence[tuple[int, int]]) -> dict:
-    """Offset (Kineto clock - CLOCK_MONOTONIC) from markers and the monotonic (before, after) reads around each.
-
-    A marker that started at Kineto time s and lasted d, taken between monotonic reads b and a, started at a
-    monotonic time in [b, a - d]: the offset lies in [s - (a - d), s - b]. The offsets of all markers intersect;
-    the result is the middle of the intersection, `residual_ns` half its width. When the bounds do not intersect
-    (the clocks drifted or stepped), the median of the markers' midpoints is used and the residual covers them all.
-    `drift_ns` is the offset measured by the last markers minus the first ones'."""
+    """Offset (Kineto clock - CLOCK_MONOTONIC) from markers and the monotonic (before, after) reads around each
+    (gpuscope.collectors.clock). A marker that started at Kineto time s and lasted d, taken between monotonic reads
+    b and a, started at a monotonic time in [b, a - d]: the offset lies in [s - (a - d), s - b]."""
     if len(spans) != len(brackets) or not len(spans):
         raise ProfileFormatError(f"{len(spans)} clock markers in the profile, {len(brackets)} were recorded: the "
                                  "profile does not belong to this run")
@@ -188,19 +185,8 @@ def clock_offset(spans: pd.DataFrame, brackets: Sequence[tuple[int, int]]) -> di
     durations = spans["duration_ns"].to_numpy(np.int64)
     before = np.array([b for b, _ in brackets], np.int64)
     after = np.array([a for _, a in brackets], np.int64)
-    low = starts - np.maximum(after - durations, before)
-    high = starts - before
-    lo, hi = int(low.max()), int(high.min())
-    middles = (low + high) // 2
-    if lo <= hi:
-        offset, residual = (lo + hi) // 2, (hi - lo) // 2
-    else:
-        offset = int(np.median(middles))
-        residual = int(max(np.abs(high - offset).max(), np.abs(low - offset).max()))
-    half = len(middles) // 2
-    drift = int(np.median(middles[half:]) - np.median(middles[:half])) if half else 0
-    return {"offset_ns": offset, "residual_ns": residual, "markers": int(len(spans)), "drift_ns": drift,
-            "consistent": lo <= hi, "marker_bracket_ns_median": int(np.median(after - before))}
+    aligned = offset_from_bounds(starts - np.maximum(after - durations, before), starts - before)
+    return {**aligned, "marker_bracket_ns_median": int(np.median(after - before))}
 
 
 # -- the profiler ------------------------------------------------------------------------------------------------
@@ -225,7 +211,7 @@ class KernelProfiler:
         self._stderr = None
 
     def __enter__(self) -> "KernelProfiler":
-        import torch
+        import torch  # the 'torch' extra (gpu_backend checked it is there)
         from torch.profiler import ProfilerActivity, profile
 
         if self.activities == "gpu":
@@ -260,7 +246,7 @@ class KernelProfiler:
         self._read(messages)
 
     def _markers(self) -> None:
-        from torch.profiler import record_function
+        from torch.profiler import record_function  # the 'torch' extra
 
         for _ in range(N_MARKERS // 2):
             before = time.monotonic_ns()
@@ -313,95 +299,3 @@ def _captured_stderr():
             captured.text = sink.read().decode("utf-8", "replace")
     if captured.text:
         sys.stderr.write(captured.text)
-
-
-# -- around a session's workload ---------------------------------------------------------------------------------
-
-def _profiled_workload(session, workload: Callable, args: tuple, kwargs: dict, baseline: bool) -> tuple:
-    """Runs where the engine runs (inside the worker of an isolated session): the workload once plain (steps
-    tagged kernel_profiler='off') and once under the profiler ('on'); returns (kernels, meta)."""
-    gpu_backend()  # fail before the plain pass when profiling cannot happen
-    if baseline:
-        with session.tagged(kernel_profiler="off"):
-            workload(session, *args, **kwargs)
-    with session.tagged(kernel_profiler="on"):
-        with KernelProfiler() as profiler:
-            # plans are reported once per ring: the plain pass made them; report them again inside the window
-            session.engine.ggml.forget_reported_plans()
-            workload(session, *args, **kwargs)
-    return profiler.kernels, profiler.meta
-
-
-def profile_kernels(session, workload: Callable, *args, baseline: bool = True, **kwargs) -> tuple[pd.DataFrame, dict]:
-    """Run `workload(session, *args, **kwargs)` under the kernel profiler, in the process that runs the engine
-    (an isolated session's worker too); with baseline=True a plain pass runs first. Returns (kernels, meta)."""
-    return session.run(_profiled_workload, workload, args, kwargs, baseline)
-
-
-def collection_cost(steps: pd.DataFrame) -> dict:
-    """Median decode step time with and without the profiler (steps tagged kernel_profiler off/on), per depth
-    when the steps have one."""
-    if "kernel_profiler" not in steps.columns:
-        return {}
-    decode = steps[(steps["phase"] == "decode") & steps["kernel_profiler"].notna()]
-    keys = ["depth"] if "depth" in decode.columns else []
-    rows = []
-    for key, group in (decode.groupby(keys) if keys else [((), decode)]):
-        off = group.loc[group["kernel_profiler"] == "off", "wall_ns"]
-        on = group.loc[group["kernel_profiler"] == "on", "wall_ns"]
-        if len(off) and len(on):
-            row = {"median_step_ns_off": float(off.median()), "median_step_ns_on": float(on.median())}
-            row["overhead"] = row["median_step_ns_on"] / row["median_step_ns_off"] - 1.0
-            if keys:
-                row["depth"] = int(key[0] if isinstance(key, tuple) else key)
-            rows.append(row)
-    return {"per_depth" if keys else "overall": rows}
-
-
-def collect_kernels_sweep(configs, model=None, *, engine=None, depths: Sequence[int] = (0, 512, 1024),
-                          n_steps: int = 16, isolate: bool = False, baseline: bool = True,
-                          out: str | os.PathLike | None = None, progress: bool = True):
-    """A context sweep (gpuscope.session.workloads.sweep_loop) per configuration with GPU kernels collected:
-    one trace with the sessions' tables plus `kernels` (joined to steps by `in_step`), meta['kernels'] (clock
-    alignment, activity counts, collection cost per configuration)."""
-    from gpuscope.models import default_model
-    from gpuscope.session.assemble import combine_traces
-    from gpuscope.session.config import SplitConfig
-    from gpuscope.session.join import step_of_events
-    from gpuscope.session.session import Session
-    from gpuscope.session.workloads import sweep_loop
-    from gpuscope.trace.model import save_trace
-
-    if not isolate:
-        gpu_backend()
-    configs = [c if isinstance(c, SplitConfig) else SplitConfig.parse(c) if isinstance(c, str)
-               else SplitConfig.from_dict(c) for c in configs] or [SplitConfig()]
-    model = Path(model) if model is not None else default_model()
-    needed = max(depths) + n_steps
-    pieces, per_config = [], {}
-    workload = {"name": "sweep", "depths": sorted(depths), "n_steps": n_steps, "kernels": True,
-                "baseline": baseline}
-    for config in configs:
-        if config.n_ctx is None:
-            config = config.replace(n_ctx=needed)
-        if progress:
-            print(f"gpuscope collect kernels: {config.label}: sweep over depths {sorted(depths)}"
-                  f"{' (plain pass, then profiled)' if baseline else ''}", file=sys.stderr, flush=True)
-        session = Session(model, config, engine=engine, isolate=isolate)
-        try:
-            kernels, meta = profile_kernels(session, sweep_loop, sorted(depths), n_steps, baseline=baseline)
-        finally:
-            session.close()
-        steps = session.steps
-        kernels = kernels.assign(in_step=step_of_events(kernels, steps), config=config.label)
-        meta["cost"] = collection_cost(steps)
-        meta["outside_steps"] = int(kernels["in_step"].isna().sum())
-        per_config[config.label] = meta
-        if progress:
-            print(f"gpuscope collect kernels: {config.label}: {len(kernels)} GPU activities, clock residual "
-                  f"{meta['clock']['residual_ns'] / 1e3:.1f} us", file=sys.stderr, flush=True)
-        pieces.append(session.trace(tables={"kernels": kernels}, workload=workload))
-    trace = combine_traces(pieces, {"source": "sweep", "workload": workload, "kernels": per_config})
-    if out is not None:
-        save_trace(trace, out)
-    return trace

@@ -20,6 +20,7 @@ engine_other (inside llama_decode, none of those) and outside_engine.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from gpuscope.collectors.clock import offset_from_bounds
 from gpuscope.errors import AttachPermissionError, CollectorError, CollectorUnavailableError, TargetExitedError
 
 MARKER_FUNCTION = "_gpuscope_stack_marker"
@@ -80,8 +82,6 @@ def allow_any_tracer() -> bool:
     """Let any process of this user ptrace this one (Yama's PR_SET_PTRACER): with kernel.yama.ptrace_scope=1 a
     process cannot trace its parent or a sibling, which py-spy would need for the notebook's own process or a
     session worker. True when the setting applied, False where there is no Yama."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_ptracer, pr_set_ptracer_any = 0x59616D61, ctypes.c_ulong(-1).value
     return libc.prctl(pr_set_ptracer, ctypes.c_ulong(pr_set_ptracer_any), 0, 0, 0) == 0
@@ -293,20 +293,14 @@ def marker_offset(spans: pd.DataFrame, brackets: list[tuple[int, int]]) -> dict:
     lows, highs = [], []
     for run, (before, after) in zip(runs[-len(brackets):] if len(runs) > len(brackets) else runs, brackets):
         first_start, last_end = starts[run[0]], ends[run[-1]]
-        previous = starts[order[np.searchsorted(starts[order], first_start) - 1]] \
-            if np.searchsorted(starts[order], first_start) > 0 else -np.inf
-        lows.append(max(before - first_start, after - last_end))
-        highs.append(min(after - first_start, before - previous))
-    low, high = max(lows), min(highs)
-    consistent = low <= high
-    if consistent:
-        origin, residual = (low + high) / 2, (high - low) / 2
-    else:
-        middles = (np.array(lows) + np.array(highs)) / 2
-        origin = float(np.median(middles))
-        residual = float(max(np.abs(np.array(lows) - origin).max(), np.abs(np.array(highs) - origin).max()))
-    return {"origin_ns": int(origin), "residual_ns": int(residual), "markers": len(brackets),
-            "consistent": bool(consistent)}
+        at = np.searchsorted(starts[order], first_start)
+        lows.append(round(max(before - first_start, after - last_end)))
+        high = after - first_start
+        if at > 0:  # the span before the marker began at a sample taken before `before`
+            high = min(high, before - starts[order[at - 1]])
+        highs.append(round(high))
+    aligned = offset_from_bounds(lows, highs)
+    return {"origin_ns": aligned.pop("offset_ns"), **aligned}
 
 
 def attribute(stack: str) -> tuple[str, str]:
@@ -342,115 +336,3 @@ def chrometrace_stacks(events: list[dict], brackets: list[tuple[int, int]]) -> t
     }).sort_values("ts_ns", ignore_index=True)
     clock["median_sample_interval_ns"] = int(interval_ns)
     return stacks, clock
-
-
-# -- pure views --------------------------------------------------------------------------------------------------
-
-def folded(stacks: pd.DataFrame) -> pd.DataFrame:
-    """Folded stacks: stack, samples, time_ns, first_ns, last_ns (what a flame graph draws), most time first."""
-    if not len(stacks):
-        return pd.DataFrame(columns=["stack", "samples", "time_ns", "first_ns", "last_ns"])
-    out = stacks.assign(end=stacks["ts_ns"] + stacks["duration_ns"]).groupby("stack").agg(
-        samples=("samples", "sum"), time_ns=("duration_ns", "sum"), first_ns=("ts_ns", "min"), last_ns=("end", "max"))
-    return out.reset_index().sort_values("time_ns", ascending=False, ignore_index=True)
-
-
-def time_per_step(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """Per step and category: CPU time of the sampled threads inside the step window (spans clipped to it) and
-    its share of the window. Only meaningful where steps are long against the clock residual and the sampling
-    interval (meta['stacks']['clock'])."""
-    from gpuscope.collectors.kernel_table import step_windows
-
-    columns = ["step", "category", "time_ns", "share"]
-    windows = step_windows(steps)
-    if not len(stacks) or not len(windows):
-        return pd.DataFrame(columns=columns)
-    begins, ends = windows["begin_ns"].to_numpy(np.int64), windows["end_ns"].to_numpy(np.int64)
-    starts = stacks["ts_ns"].to_numpy(np.int64)
-    stops = starts + stacks["duration_ns"].to_numpy(np.int64)
-    rows = []
-    # a span can cover several short steps: walk the windows each span overlaps
-    first = np.searchsorted(ends, starts, side="left")
-    last = np.searchsorted(begins, stops, side="left")
-    categories = stacks["category"].to_numpy()
-    for i in range(len(stacks)):
-        for w in range(first[i], last[i]):
-            overlap = min(stops[i], ends[w]) - max(starts[i], begins[w])
-            if overlap > 0:
-                rows.append((int(windows["step"].iat[w]), categories[i], int(overlap)))
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    out = pd.DataFrame(rows, columns=["step", "category", "time_ns"]).groupby(["step", "category"]).sum()
-    out = out.reset_index()
-    out["share"] = out["time_ns"] / out["step"].map(windows.set_index("step").eval("end_ns - begin_ns"))
-    return out[columns]
-
-
-def stacks_in_steps(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
-    """The step whose window holds each span's start (<NA> outside every step), as the `in_step` column."""
-    from gpuscope.session.join import step_of_events
-
-    return step_of_events(stacks, steps)
-
-
-# -- around a session's workload ---------------------------------------------------------------------------------
-
-def sample_session(session, workload: Callable, *args, rate: int = 100, py_spy=None, **kwargs) -> tuple[pd.DataFrame, dict]:
-    """Run `workload(session, *args, **kwargs)` with py-spy sampling the process that runs the engine: this
-    process for an in-process session, the worker for an isolated one. Returns (cpu_stacks, meta); cpu_stacks
-    carries `in_step` (the session's steps)."""
-    isolated = hasattr(session, "processes") and type(session).__name__ == "IsolatedSession"
-    if isolated:
-        pid = session.processes()["main"]["pid"]
-        session.run(_allow_tracer_in_worker)
-        marker = lambda seconds: session.run(stack_marker, seconds)  # noqa: E731 (runs in the worker)
-    else:
-        pid, marker = os.getpid(), None
-    with StackSampler(pid, rate=rate, marker=marker, py_spy=py_spy) as sampler:
-        session.run(workload, *args, **kwargs)
-    stacks = sampler.stacks.assign(in_step=stacks_in_steps(sampler.stacks, session.steps))
-    return stacks, sampler.meta
-
-
-def _allow_tracer_in_worker(_session) -> bool:
-    return allow_any_tracer()
-
-
-def collect_stacks_sweep(configs, model=None, *, engine=None, depths=(0, 256), n_steps: int = 8,
-                         isolate: bool = False, rate: int = 100, out=None, progress: bool = True):
-    """A context sweep (gpuscope.session.workloads.sweep_loop) per configuration under py-spy: one trace with the
-    sessions' tables plus `cpu_stacks` (with in_step) and meta['stacks'] (clock alignment, sampling)."""
-    from gpuscope.models import default_model
-    from gpuscope.session.assemble import combine_traces
-    from gpuscope.session.config import SplitConfig
-    from gpuscope.session.session import Session
-    from gpuscope.session.workloads import sweep_loop
-    from gpuscope.trace.model import save_trace
-
-    configs = [c if isinstance(c, SplitConfig) else SplitConfig.parse(c) if isinstance(c, str)
-               else SplitConfig.from_dict(c) for c in configs] or [SplitConfig()]
-    model = Path(model) if model is not None else default_model()
-    pieces, per_config = [], {}
-    workload = {"name": "sweep", "depths": sorted(depths), "n_steps": n_steps, "stacks": True}
-    for config in configs:
-        if config.n_ctx is None:
-            config = config.replace(n_ctx=max(depths) + n_steps)
-        if progress:
-            print(f"gpuscope collect stacks: {config.label}: py-spy at {rate} Hz over depths {sorted(depths)}",
-                  file=sys.stderr, flush=True)
-        session = Session(model, config, engine=engine, isolate=isolate)
-        try:
-            stacks, meta = sample_session(session, sweep_loop, sorted(depths), n_steps, rate=rate)
-        finally:
-            session.close()
-        per_config[config.label] = meta
-        if progress:
-            share = stacks.groupby("category")["duration_ns"].sum() / max(int(stacks["duration_ns"].sum()), 1)
-            print(f"gpuscope collect stacks: {config.label}: {len(stacks)} stack spans; " +
-                  ", ".join(f"{name} {value:.0%}" for name, value in share.sort_values(ascending=False).items()),
-                  file=sys.stderr, flush=True)
-        pieces.append(session.trace(tables={"cpu_stacks": stacks.assign(config=config.label)}, workload=workload))
-    trace = combine_traces(pieces, {"source": "sweep", "workload": workload, "stacks": per_config})
-    if out is not None:
-        save_trace(trace, out)
-    return trace

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
-from gpuscope.analysis.facade import Analysis
 from gpuscope.analysis.fa_routes import PLAN_KEY
+from gpuscope.analysis.facade import Analysis
 from gpuscope.analysis.stats import bootstrap_median_difference
 from gpuscope.doctor.findings import json_ready
+from gpuscope.doctor.rules import diagnose
 
 # The column that tells events of a kind apart, where one does.
 REASON_COLUMNS = {"gallocr_realloc": "reason", "sync": "reason", "sched_reserve": "trigger", "fa_plan": "kernel",
@@ -131,8 +132,8 @@ def syncs_per_step(a: Analysis, b: Analysis) -> pd.DataFrame:
 
 
 def finding_changes(a: Analysis, b: Analysis) -> pd.DataFrame:
-    ids_a = {f.id: f for f in a.findings}
-    ids_b = {f.id: f for f in b.findings}
+    ids_a = {f.id: f for f in diagnose(a)}
+    ids_b = {f.id: f for f in diagnose(b)}
     rows = [("disappeared", i, ids_a[i].severity, ids_a[i].statement) for i in sorted(ids_a.keys() - ids_b.keys())]
     rows += [("appeared", i, ids_b[i].severity, ids_b[i].statement) for i in sorted(ids_b.keys() - ids_a.keys())]
     rows += [("persists", i, ids_b[i].severity, ids_b[i].statement) for i in sorted(ids_a.keys() & ids_b.keys())]

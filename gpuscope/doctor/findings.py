@@ -14,7 +14,6 @@ MAX_ROWS = 20
 
 @dataclass
 class Finding:
-    id: str                       # the rule's stable id, e.g. "allocator.churn"
     severity: str                 # critical | warning | info
     statement: str                # one line: what is wrong, with its size
     evidence: dict                # the numbers behind the statement
@@ -27,6 +26,7 @@ class Finding:
     config: str | None = None     # the configuration it belongs to (a trace of one run is one configuration)
     phase: str | None = None      # decode | prefill, where the rule looked at one phase
     saving_ns: float | None = None  # what the first remedy saves per step, in ns, where estimated
+    id: str = ""                  # the stable id of the rule that found it ("allocator.churn"), set by its registration
 
     def __post_init__(self):
         if self.severity not in SEVERITIES:

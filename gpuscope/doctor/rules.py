@@ -6,14 +6,13 @@ no known bandwidth) rather than guessing. Rule ids are stable: scripts and `gpus
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
 from gpuscope.doctor.findings import Finding
-from gpuscope.doctor.speculation import speculation_net_effect
+from gpuscope.doctor.registry import RULES, rule
+from gpuscope.doctor.speculation import speculation_net_effect  # noqa: F401 (importing it registers its rule)
 
 # A problem must touch at least this many steps, and this share of them, to be a pattern rather than an event.
 MIN_STEPS = 3
@@ -41,6 +40,7 @@ def _percent(share: float) -> str:
 
 # -- trace health ---------------------------------------------------------------------------------------------------
 
+@rule("trace.lost-events", scope="trace")
 def lost_events(a) -> list[Finding]:
     h = a.health
     dropped = h["strings_dropped"] + h["writer_dropped"]
@@ -48,7 +48,7 @@ def lost_events(a) -> list[Finding]:
         return []
     severity = "critical" if h["lost_share"] > 0.01 else "warning"
     return [Finding(
-        id="trace.lost-events", severity=severity,
+        severity=severity,
         statement=f"{h['lost']} of {h['written']} events ({h['lost_share']:.2%}) were overwritten before they were "
                   "read: counts per step below undercount, steps may miss their begin or end",
         evidence={"written": h["written"], "read": h["read"], "lost": h["lost"],
@@ -69,6 +69,7 @@ _SIGNAL_CAUSES = {
 }
 
 
+@rule("engine.crashed", scope="trace")
 def crashed(a) -> list[Finding]:
     h = a.health
     if not h["crashed"]:
@@ -79,7 +80,7 @@ def crashed(a) -> list[Finding]:
     where = f"during decode step {in_flight[-1]}" if in_flight else "outside any decode step"
     last = a.last_events(8)
     return [Finding(
-        id="engine.crashed", severity="critical",
+        severity="critical",
         statement=f"The engine died ({name}) {where}; the trace holds every event committed before it",
         evidence={"signal": name, "exit": h["exit"], "ring_state": h["state"], "steps_recorded": h["steps"],
                   "steps_in_flight": in_flight},
@@ -91,6 +92,7 @@ def crashed(a) -> list[Finding]:
 
 # -- allocator ---------------------------------------------------------------------------------------------------------
 
+@rule("allocator.churn")
 def allocator_churn(a) -> list[Finding]:
     per_step = a.allocator[a.allocator["step"].isin(a.complete_steps["step"])]
     busy = per_step[(per_step["reallocs"] > 0) | (per_step["reserves"] > 0) | (per_step["buffer_reallocs"] > 0)]
@@ -118,7 +120,7 @@ def allocator_churn(a) -> list[Finding]:
     rows = rows.assign(in_step=a.in_step("gallocr_realloc"))
     rows = rows[rows["in_step"] >= 0]
     return [Finding(
-        id="allocator.churn", severity=severity,
+        severity=severity,
         statement=f"The graph allocator re-planned in {len(busy)} of {n} steps ({pattern})"
                   + (f"; re-reserves took {_ms(lost)} in all" if busy["reserves"].any() else ""),
         evidence={"steps_with_reallocation": len(busy), "steps": n, "reallocations": int(busy["reallocs"].sum()),
@@ -136,6 +138,7 @@ def allocator_churn(a) -> list[Finding]:
         share=share, rows=rows.drop(columns=["in_step"]), rows_kind="gallocr_realloc")]
 
 
+@rule("graph.rebuilt")
 def graph_rebuilt(a) -> list[Finding]:
     steps = a.complete_steps.sort_values("begin_ns")
     if len(steps) < 8 or steps["graph_reused"].isna().all():
@@ -170,7 +173,7 @@ def graph_rebuilt(a) -> list[Finding]:
         host_prepare_ns=host.reindex(rebuilt_ids).to_numpy())
     return [Finding(
         # rebuilding is a finding whatever it costs; a warning once it costs a measurable share of the steps
-        id="graph.rebuilt", severity="warning" if share is not None and share >= 0.02 else "info",
+        severity="warning" if share is not None and share >= 0.02 else "info",
         statement=f"The compute graph was rebuilt in {int(rebuilt.sum())} of {int(candidates)} steps that could "
                   f"have reused it; building costs {_ms(cost / max(len(host_rebuilt), 1))} of CPU per step",
         evidence={"rebuilt_steps": int(rebuilt.sum()), "reusable_steps": int(candidates),
@@ -188,6 +191,7 @@ def graph_rebuilt(a) -> list[Finding]:
 
 # -- FlashAttention and placement ---------------------------------------------------------------------------------
 
+@rule("fa.route-none")
 def fa_route_none(a) -> list[Finding]:
     none = a.fa_none
     if not len(none):
@@ -213,7 +217,7 @@ def fa_route_none(a) -> list[Finding]:
     else:  # a head size, GQA ratio, mask or architecture with no kernel: the KV type is not the problem
         actions = [turn_off, rebuild] + ([] if f16_kv else [other_kv])
     return [Finding(
-        id="fa.route-none", severity="critical",
+        severity="critical",
         statement=f"FlashAttention has no kernel for {len(shapes)} attention shape(s) "
                   f"on {', '.join(sorted(set(none['device'])))} (reason: {', '.join(reasons)})"
                   + ("; at compute time, where the engine aborts" if at_compute else
@@ -232,6 +236,7 @@ def fa_route_none(a) -> list[Finding]:
         actions=actions, share=None, rows=none, rows_kind="fa_plan")]
 
 
+@rule("placement.off-device")
 def off_device(a) -> list[Finding]:
     placed = a.op_placements
     if not len(placed):
@@ -256,7 +261,7 @@ def off_device(a) -> list[Finding]:
                      "layer's device")
         severity = "info"
     return [Finding(
-        id="placement.off-device", severity=severity,
+        severity=severity,
         statement=statement + f" ({', '.join(f'{layer} -> {backend}' for layer, backend in pairs)})",
         evidence={"ops": sorted(set(fallback["op"])), "layers": sorted(int(x) for x in set(fallback["layer"]))[:40],
                   "attention_ops": int(len(attention)), "device_pairs": [list(p) for p in pairs],
@@ -274,6 +279,7 @@ def off_device(a) -> list[Finding]:
 
 # -- syncs ----------------------------------------------------------------------------------------------------------
 
+@rule("sync.eval-callback")
 def eval_callback_syncs(a) -> list[Finding]:
     cb = a.eval_callback
     cb = cb[cb["step"].isin(a.complete_steps["step"])] if len(cb) else cb
@@ -293,7 +299,7 @@ def eval_callback_syncs(a) -> list[Finding]:
     rows = rows.assign(in_step=a.in_step("sync"))
     rows = rows[(text(rows["reason"]) == "eval_callback") & (rows["in_step"] >= 0)]
     return [Finding(
-        id="sync.eval-callback", severity="critical" if sync_share >= 0.20 else "warning",
+        severity="critical" if sync_share >= 0.20 else "warning",
         statement=f"An eval callback cuts each split into {views_per_split:.0f} graph pieces and synchronizes "
                   f"after each ({cb['syncs'].mean():.0f} syncs per step); the syncs take {sync_share:.1%} of the "
                   f"step, the pieces with the callback's own work {share:.0%}",
@@ -314,6 +320,7 @@ def eval_callback_syncs(a) -> list[Finding]:
 
 # -- splits and copies -------------------------------------------------------------------------------------------------
 
+@rule("copies.cross-device")
 def cross_device_copies(a) -> list[Finding]:
     steps = a.complete_steps
     per_step = a.copies[a.copies["step"].isin(steps["step"])]
@@ -350,7 +357,7 @@ def cross_device_copies(a) -> list[Finding]:
         cause = "the graph crosses devices inside most layers: ops of each layer run on another backend"
     pairs = a.copy_pairs
     return [Finding(
-        id="copies.cross-device", severity="critical" if share >= 0.25 else "warning",
+        severity="critical" if share >= 0.25 else "warning",
         statement=(f"Every step copies {with_stored['stored_copies'].median():.0f} stored tensors (KV cache or "
                    f"weights, {with_stored['stored_bytes'].median() / 1e6:.3g} MB) to another device"
                    if stored_pattern else
@@ -390,6 +397,7 @@ def _decode_groups(a) -> pd.DataFrame:
 GROWTH_RATIO = 2.5
 
 
+@rule("context.growth-above-floor")
 def context_growth(a) -> list[Finding]:
     if a.floor is None:
         return []
@@ -413,7 +421,7 @@ def context_growth(a) -> list[Finding]:
         share = float(np.clip((fit.long_slope_ns_per_cell - floor_slope) * (long_steps["context"] - fit.context_min)
                               / long_steps["wall_ns"], 0, 1).mean())
         findings.append(Finding(
-            id="context.growth-above-floor", severity="warning",
+            severity="warning",
             statement=f"[{fit.n_tokens} token(s) per step] beyond {fit.long_from:.0f} cells a step grows "
                       f"{fit.long_slope_ns_per_cell:.3g} ns per context cell (95% CI {fit.long_slope_ci_low:.3g} to "
                       f"{fit.long_slope_ci_high:.3g}), {fit.long_slope_ns_per_cell / floor_slope:.1f}x what reading "
@@ -439,6 +447,7 @@ def context_growth(a) -> list[Finding]:
     return findings
 
 
+@rule("context.short-above-floor")
 def short_context_overhead(a) -> list[Finding]:
     floor = a.floor
     if floor is None or not floor["floor_ns"].notna().any():
@@ -458,7 +467,7 @@ def short_context_overhead(a) -> list[Finding]:
         top = budget.drop(columns=["wall_ns"]).sum().sort_values(ascending=False)
         top_share = (top / budget["wall_ns"].sum()).head(4)
         findings.append(Finding(
-            id="context.short-above-floor", severity="warning",
+            severity="warning",
             statement=f"[{fit.n_tokens} token(s) per step] at short context a step takes "
                       f"{_ms(short['wall_ns'].median())} where reading its bytes takes "
                       f"{_ms(short['floor_ns'].median())}: "
@@ -479,6 +488,7 @@ def short_context_overhead(a) -> list[Finding]:
 
 # -- memory --------------------------------------------------------------------------------------------------------
 
+@rule("memory.split-imbalance")
 def split_imbalance(a) -> list[Finding]:
     table = a.split_imbalance
     if not len(table):
@@ -488,7 +498,7 @@ def split_imbalance(a) -> list[Finding]:
         return []
     worst = off.loc[off["deviation"].abs().idxmax()]
     return [Finding(
-        id="memory.split-imbalance", severity="warning",
+        severity="warning",
         statement=f"{worst['location']} holds {worst['share']:.0%} of the offloaded weights where "
                   f"the split asks "
                   f"for {worst['requested_share']:.0%} ({worst['split_source']})",
@@ -526,6 +536,7 @@ def _settings_diff(a, config: str, fastest: str) -> dict:
             if key not in ("label", "name") and here.get(key) != best.get(key)}
 
 
+@rule("config.slower", scope="trace")
 def slower_configs(a) -> list[Finding]:
     findings = []
     table = a.config_table
@@ -542,7 +553,7 @@ def slower_configs(a) -> list[Finding]:
             or "the trace does not record how the two configurations differ"
         share = row.ms_behind / row.ms_per_token
         findings.append(Finding(
-            id="config.slower", severity="critical" if share >= 0.5 else "warning",
+            severity="critical" if share >= 0.5 else "warning",
             statement=f"{_ratio(row.slowdown_min, row.slowdown_max)} slower than the fastest configuration at each of "
                       f"its {row.depths_measured} depth(s) (`{row.fastest}` at most; median {row.ms_per_token:.3g} ms "
                       f"per token, {row.ms_behind:.3g} ms more); it differs from `{row.fastest}` in: {why}",
@@ -566,39 +577,20 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return frame.to_dict(orient="records") if len(frame) else []
 
 
-RULES: tuple[tuple[str, Callable], ...] = (
-    ("trace.lost-events", lost_events),
-    ("engine.crashed", crashed),
-    ("allocator.churn", allocator_churn),
-    ("graph.rebuilt", graph_rebuilt),
-    ("fa.route-none", fa_route_none),
-    ("placement.off-device", off_device),
-    ("sync.eval-callback", eval_callback_syncs),
-    ("copies.cross-device", cross_device_copies),
-    ("context.growth-above-floor", context_growth),
-    ("context.short-above-floor", short_context_overhead),
-    ("memory.split-imbalance", split_imbalance),
-    ("config.slower", slower_configs),
-    ("speculation.net-effect", speculation_net_effect),
-)
-
-
-# about the recording or across configurations: run once per trace
-TRACE_RULES = {"trace.lost-events", "engine.crashed", "config.slower"}
 
 
 def diagnose(analysis) -> list[Finding]:
     """Every rule's findings, each rule run on each configuration's part of the trace (and the findings named
     after it), the trace rules (the recording, the configurations compared) once, most severe first, then by the
     saving of the first remedy."""
-    findings = [f for rule_id, rule in RULES if rule_id in TRACE_RULES for f in rule(analysis)]
+    findings = [f for registered in RULES if registered.scope == "trace" for f in registered(analysis)]
     for config in analysis.configs or [None]:
         part = analysis.of_config(config) if config is not None else analysis
         wall = part.complete_steps["wall_ns"]
-        for rule_id, rule in RULES:
-            if rule_id in TRACE_RULES:
+        for registered in RULES:
+            if registered.scope != "config":
                 continue
-            for finding in rule(part):
+            for finding in registered(part):
                 finding.config = finding.config or config
                 if finding.share is not None and finding.saving_ns is None and len(wall):
                     finding.saving_ns = finding.share * float(wall.mean())  # shares are of the steps' total time

@@ -8,6 +8,7 @@ draft, the time per token its acceptance by position predicts.
 from __future__ import annotations
 
 from gpuscope.doctor.findings import Finding
+from gpuscope.doctor.registry import rule
 
 # A loop within 10% of the target alone is called even, not slower: on the shared 2-core machine the target
 # alone's rate moved by up to a third between two runs a second apart (tests/test_speculation.py), while the
@@ -17,6 +18,7 @@ SLOWER_MARGIN = 0.10
 LOW_ACCEPTANCE = 0.5
 
 
+@rule("speculation.net-effect")
 def speculation_net_effect(a) -> list[Finding]:
     spec = a.speculation
     findings = []
@@ -29,7 +31,7 @@ def speculation_net_effect(a) -> list[Finding]:
             findings.append(_slower(row, evidence, speeds))
         elif row.plain_upper_bound:
             findings.append(Finding(
-                id="speculation.net-effect", severity="info",
+                severity="info",
                 statement=f"[{row.config}] speculation runs at {speeds}: the target alone was not measured and its "
                           "verify batches only bound its one-token step from above, so whether drafting pays is "
                           "unknown",
@@ -39,7 +41,7 @@ def speculation_net_effect(a) -> list[Finding]:
         else:
             pays = row.saving_share < 0
             findings.append(Finding(
-                id="speculation.net-effect", severity="info",
+                severity="info",
                 statement=f"[{row.config}] speculation {'pays' if pays else 'gains nothing measurable'}: {speeds}, "
                           f"{row.speedup:.2f}x; {row.acceptance:.0%} of drafted tokens accepted",
                 evidence=evidence,
@@ -78,7 +80,7 @@ def _slower(row, evidence: dict, speeds: str) -> Finding:
                  f"{row.verify_ns_per_round / row.plain_ns_per_token:.1f} plain steps)")
     saving, _, method = remedies[0]
     return Finding(
-        id="speculation.net-effect", severity="critical",
+        severity="critical",
         statement=f"[{row.config}] speculation slower than none: {speeds}; {row.acceptance:.0%} of drafted tokens "
                   f"accepted, the draft takes {row.draft_share:.0%} of the loop's time",
         evidence={**evidence, "saving_ns_per_token": saving, "saving_method": method},

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,10 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuscope import __version__
 from gpuscope.engine import patcher, source
 from gpuscope.errors import EngineBuildError, EngineNotFoundError, PatchError
 from gpuscope.paths import cache_root
+from gpuscope.version import __version__
 
 BACKENDS = ("cpu", "cuda", "hip")
 META_NAME = "gpuscope-build.json"
@@ -369,3 +370,20 @@ def find_build(name: str | None = None) -> Build:
 def find_program(program: str, build: str | None = None) -> Path:
     """Path of `program` (e.g. 'llama-bench') in the named build, or in the default one (see find_build)."""
     return find_build(build).program(program)
+
+
+def twin_command(hooked: Build, name: str) -> str:
+    """The `gpuscope engine build` command that makes `hooked`'s unhooked twin, called `name`: the same backend,
+    source, patches and GPU architecture, without the hooks."""
+    meta = hooked.meta
+    words = ["gpuscope", "engine", "build", "--no-hooks", "--name", name, "--backend", meta["backend"]]
+    if meta["source"]["upstream"] is None:  # built from a tree of the user's
+        words += ["--src", meta["source"]["path"]]
+    for patch in meta["patches"]:
+        words += ["--patch", patch["path"]]
+    architecture_flags = {"-DCMAKE_CUDA_ARCHITECTURES": "--cuda-arch", "-DGPU_TARGETS": "--hip-arch"}
+    for option in meta["options"]:
+        key, _, value = option.partition("=")
+        if key in architecture_flags:
+            words += [architecture_flags[key], value]
+    return shlex.join(words)

@@ -1,4 +1,4 @@
-"""The live dashboard (ipywidgets + plotly FigureWidget): `gpuscope.live(session)`, `session.live()`,
+"""The live dashboard (ipywidgets + plotly FigureWidget): `gpuscope.live(session)`,
 `gpuscope.live(ring_path)` for another process's ring, `gpuscope.live()` then `.sweep(...)` for several
 configurations. See gpuscope.live.dashboard.
 
@@ -15,6 +15,8 @@ def live(source=None, **options):
     this process's engine, displayed in the notebook; returns the Dashboard (run(), sweep(), pause(), stop(),
     wait()). Options: interval_s (seconds between refreshes, default 0.25), findings_every_s (default 5),
     title, show."""
+    # Imported here, not above: `import gpuscope` makes this package callable, and the dashboard brings the whole
+    # stack (runs, sessions, plotly, ipywidgets) that a trace reader or the CLI must not pay for.
     from gpuscope.live.dashboard import Dashboard
 
     return Dashboard(source, **options)

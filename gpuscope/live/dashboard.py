@@ -1,6 +1,6 @@
 """The live dashboard: ipywidgets and plotly FigureWidgets that follow an engine while it decodes.
 
-    dash = gpuscope.live(session)              # or session.live()
+    dash = gpuscope.live(session)
     dash.run(sweep_loop, [0, 512, 1024], 32)   # the workload runs in a background thread of this kernel
     dash.wait()                                # (optional) block until it is done
 
@@ -22,12 +22,23 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+import ipywidgets as w
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+from IPython import get_ipython
+from IPython.display import display
 
+from gpuscope.analysis.facade import Analysis
+from gpuscope.doctor.rules import diagnose
 from gpuscope.errors import ReportError
 from gpuscope.live.events import RingEvents, held_now, hook_steps
 from gpuscope.plots.style import MIB, category_color, config_colors
+from gpuscope.runs.sweep import sweep
+from gpuscope.session.assemble import build_trace
+from gpuscope.session.session import Engine, Session
+from gpuscope.session.workloads import sweep_loop
+from gpuscope.trace.model import Trace
 
 MAX_POINTS_PER_SERIES = 20_000  # the oldest points of a very long run leave the plot, not the trace
 _SEVERITY_COLORS = {"critical": "#cf222e", "warning": "#bf8700", "info": "#0969da"}
@@ -60,8 +71,6 @@ class Dashboard:
 
     def __init__(self, source=None, *, interval_s: float = 0.25, findings_every_s: float = 5.0,
                  title: str | None = None, show: bool = True):
-        from gpuscope.session.session import Session
-
         self.session = source if source is not None and not isinstance(source, (str, os.PathLike)) else None
         self.ring_path = Path(source) if isinstance(source, (str, os.PathLike)) else None
         self.interval_s = interval_s
@@ -111,9 +120,6 @@ class Dashboard:
         return "this process's engine"
 
     def _build_widgets(self, title: str) -> None:
-        import ipywidgets as w
-        import plotly.graph_objects as go
-
         self.title = w.HTML(f"<b>gpuscope live</b> &middot; {html.escape(title)}")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="steps", bar_style="info",
                                       layout=w.Layout(width="320px"))
@@ -138,11 +144,6 @@ class Dashboard:
             w.HBox([self.step_figure, self.memory_figure]), self.findings_html])
 
     def display(self) -> None:
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            return
         if get_ipython() is not None:
             display(self.widget)
 
@@ -182,19 +183,15 @@ class Dashboard:
         sweep_loop)."""
         if self.session is None:
             raise ReportError("run() needs a dashboard over a session: gpuscope.live(session)")
-        from gpuscope.session.workloads import sweep_loop
-
         if total_steps is None and workload is sweep_loop and len(args) >= 2:
             total_steps = len(set(args[0])) * int(args[1])
         self._start(lambda: self.session.run(workload, *args, **kwargs), total_steps)
 
     def sweep(self, configs, model=None, *, depths=(0, 512, 1024), n_steps: int = 16, **options) -> None:
-        """gpuscope.session.workloads.sweep in a background thread, drawing every configuration as it is measured;
+        """gpuscope.runs.sweep in a background thread, drawing every configuration as it is measured;
         the combined trace is `result` once done (wait())."""
         if self.session is not None or self.ring_path is not None:
             raise ReportError("sweep() opens its own sessions: use a dashboard made with gpuscope.live() and no source")
-        from gpuscope.session.workloads import sweep
-
         configs = list(configs)
         self._start(lambda: sweep(configs, model, depths=depths, n_steps=n_steps, progress=False,
                                   on_step=self._on_step, **options),
@@ -270,8 +267,6 @@ class Dashboard:
     def _engine_events(self) -> RingEvents | None:
         """The ring to read: the session's, the given one, or (for sweep) this process's engine once it exists."""
         if self.events is None and self.session is None and self.ring_path is None:
-            from gpuscope.session.session import Engine
-
             engine = Engine.current()
             if engine is not None:
                 self.events = RingEvents(engine.ring_path, since_ns=self.started_ns)
@@ -391,9 +386,7 @@ class Dashboard:
             return
         self._findings_at_rows = seen
         try:
-            from gpuscope.analysis.facade import Analysis
-
-            self.findings = Analysis(self._trace_so_far(events)).findings
+            self.findings = diagnose(Analysis(self._trace_so_far(events)))
         except Exception as exc:  # the analysis of a partial trace may fail; the dashboard keeps going
             self.findings_html.value = f"<i>findings unavailable so far: {html.escape(repr(exc))}</i>"
             return
@@ -408,12 +401,8 @@ class Dashboard:
         self.findings_html.value = f"<b>Findings</b> (doctor, on what was read so far)<ul>{items}</ul>"
 
     def _trace_so_far(self, events: RingEvents):
-        from gpuscope.trace.model import Trace
-
         if self.ring_path is not None:
             return Trace(meta={"source": "live", "ring": events.ring_meta()}, tables=events.tables())
-        from gpuscope.session.assemble import build_trace
-
         label = self.session.label if self.session is not None else "live"
         meta = self.session.meta() if self.session is not None else {}
         processes = {"main": {"pid": os.getpid(), "tables": events.tables(), "ring": events.ring_meta()}}

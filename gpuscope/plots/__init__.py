@@ -36,9 +36,6 @@ def _batch_size(steps) -> int | None:
 def standard_figures(analysis) -> dict:
     """The figures of one trace, by name: always step time against context, the step breakdown and memory; the
     allocator timeline, FA plans, copy matrix and CPU stacks when the trace holds such events."""
-    from gpuscope.collectors.kernel_table import family_time_per_step, gpu_busy_per_step
-    from gpuscope.collectors.stacks import time_per_step
-
     steps = analysis.complete_steps
     n_tokens = _batch_size(steps)
     chosen = steps[steps["n_tokens"] == n_tokens] if n_tokens is not None else steps
@@ -47,13 +44,8 @@ def standard_figures(analysis) -> dict:
             steps, analysis.fits, analysis.floor, event_markers(analysis.step_events, analysis.syncs, steps),
             n_tokens=n_tokens),
     }
-    kernels = analysis.trace.tables.get("kernels")
-    stacks = analysis.trace.tables.get("cpu_stacks")
-    figures["step_breakdown"] = step_breakdown(
-        analysis.budget, chosen,
-        gpu_families=family_time_per_step(kernels, steps) if kernels is not None and len(kernels) else None,
-        gpu_busy=gpu_busy_per_step(kernels, steps) if kernels is not None and len(kernels) else None,
-        cpu_time=time_per_step(stacks, steps) if stacks is not None and len(stacks) else None)
+    figures["step_breakdown"] = step_breakdown(analysis.budget, chosen, gpu_families=analysis.gpu_families,
+                                               gpu_busy=analysis.gpu_busy, cpu_time=analysis.cpu_time)
     figures["memory_over_time"] = memory_over_time(analysis.buffers)
     if any(len(analysis.table(kind)) for kind in ("gallocr_realloc", "sched_reserve", "gallocr_buffer")):
         figures["allocator_timeline"] = allocator_timeline(
@@ -63,6 +55,6 @@ def standard_figures(analysis) -> dict:
         figures["fa_plans"] = fa_plan_table(analysis.fa_plans)
     if len(analysis.copy_pairs):
         figures["copy_matrix"] = copy_matrix(analysis.copy_pairs)
-    if stacks is not None and len(stacks):
-        figures["cpu_stacks"] = cpu_flame(stacks)
+    if analysis.folded_stacks is not None:
+        figures["cpu_stacks"] = cpu_flame(analysis.folded_stacks)
     return figures

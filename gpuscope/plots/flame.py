@@ -6,7 +6,6 @@ from collections import Counter, defaultdict
 import pandas as pd
 import plotly.graph_objects as go
 
-from gpuscope.collectors.stacks import folded
 from gpuscope.plots.style import PALETTE, TEMPLATE, empty, figure, text
 
 _LABEL_CHARS = 48
@@ -16,18 +15,16 @@ CATEGORY_COLORS = {"cpu_kernel": "#EF553B", "wait": "#BAB0AC", "graph_build": "#
                    "alloc_reserve": "#FFA15A", "engine_other": "#636EFA", "outside_engine": "#E5E5E5"}
 
 
-def stack_tree(cpu_stacks: pd.DataFrame, *, min_share: float = 0.005) -> tuple[pd.DataFrame, list[str]]:
-    """The nodes of the call tree below the frames every stack shares (the interpreter's and the worker's entry,
+def stack_tree(stacks: pd.DataFrame, *, min_share: float = 0.005) -> tuple[pd.DataFrame, list[str]]:
+    """The nodes of the call tree of folded stacks, below the frames every stack shares (the interpreter's and the worker's entry,
     returned second): id (the stack prefix), parent, frame, samples (the node's and its callees'), category (the
     one most of its samples have). Frames holding less than `min_share` of all samples are left out (their
     samples stay in their parent's total)."""
-    stacks = folded(cpu_stacks)
     columns = ["id", "parent", "frame", "samples", "category"]
     if not len(stacks):
         return pd.DataFrame(columns=columns), []
-    category_of = cpu_stacks.drop_duplicates("stack").set_index("stack")["category"].astype(str)
-    paths = [(tuple(str(stack).split(";")), int(samples), category_of.get(stack, "engine_other"))
-             for stack, samples in zip(stacks["stack"], stacks["samples"])]
+    paths = [(tuple(str(stack).split(";")), int(samples), str(category))
+             for stack, samples, category in zip(stacks["stack"], stacks["samples"], stacks["category"])]
     common = 0
     shortest = min(len(path) for path, _, _ in paths)
     while common < shortest - 1 and len({path[common] for path, _, _ in paths}) == 1:
@@ -49,12 +46,12 @@ def stack_tree(cpu_stacks: pd.DataFrame, *, min_share: float = 0.005) -> tuple[p
     return tree, list(paths[0][0][:common])
 
 
-def cpu_flame(cpu_stacks: pd.DataFrame, *, min_share: float = 0.005,
+def cpu_flame(stacks: pd.DataFrame, *, min_share: float = 0.005,
               title: str = "Native CPU stacks of the engine's process") -> go.Figure:
-    """Icicle of the `cpu_stacks` table (py-spy --native): the callers at the top, each frame as wide as the
+    """Icicle of folded native stacks (Analysis.folded_stacks, from py-spy --native): the callers at the top, each frame as wide as the
     samples in it and its callees, coloured by what the samples were doing (CPU kernels, waits, graph build,
     scheduler, allocator). Click a frame to zoom in."""
-    tree, common = stack_tree(cpu_stacks, min_share=min_share)
+    tree, common = stack_tree(stacks, min_share=min_share)
     if not len(tree):
         return empty(figure(title, "", ""), "no native stacks were sampled (gpuscope collect stacks)")
     grand = int(tree.loc[tree["parent"] == "", "samples"].sum())

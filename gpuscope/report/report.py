@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpuscope import __version__
 from gpuscope.analysis.facade import Analysis
+from gpuscope.doctor.rules import diagnose, headline
+from gpuscope.plots import before_after, standard_figures, step_time_vs_context
 from gpuscope.report.page import esc, figure_div, page, pairs, table
 from gpuscope.trace.model import Trace
+from gpuscope.version import __version__
 
 _FIGURE_TITLES = {
     "step_time_vs_context": "Step time against context", "step_breakdown": "Where each step's time went",
@@ -32,9 +34,8 @@ def as_analysis(trace: Analysis | Trace | str | os.PathLike, **analysis_options)
 
 # -- sections of a trace report ---------------------------------------------------------------------------------------
 
-def _summary(a: Analysis) -> str:
+def _summary(a: Analysis, findings: list) -> str:
     steps = a.complete_steps
-    findings = a.findings
     counts = {severity: sum(f.severity == severity for f in findings) for severity in ("critical", "warning", "info")}
     items = [("trace", a.trace.path or "in memory"), ("made by", a.trace.meta.get("source", "?")),
              ("steps", f"{len(a.steps)} ({len(steps)} complete)")]
@@ -64,18 +65,15 @@ def _finding(f) -> str:
             f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
 
 
-def _verdict(a: Analysis) -> str:
+def _verdict(a: Analysis, findings: list) -> str:
     """The doctor's one sentence, then the configurations side by side when there are several."""
-    from gpuscope.doctor.rules import headline
-
-    lead = f"<p class='verdict'><b>{esc(headline(a, a.findings))}</b></p>"
+    lead = f"<p class='verdict'><b>{esc(headline(a, findings))}</b></p>"
     if len(a.configs) > 1 and len(a.config_table):
         lead += "<h3>Configurations side by side (decode, fastest first at each depth)</h3>" + table(a.config_table)
     return lead
 
 
-def _findings(a: Analysis) -> str:
-    findings = a.findings
+def _findings(findings: list) -> str:
     if not findings:
         return "<p>No findings: none of the doctor's rules saw a problem in this trace.</p>"
     return "".join(_finding(f) for f in findings)
@@ -168,17 +166,16 @@ def _health(a: Analysis) -> str:
 
 def report_html(analysis: Analysis, *, title: str | None = None) -> str:
     """The report of one trace as an HTML string."""
-    from gpuscope.plots import standard_figures
-
     a = analysis
+    findings = diagnose(a)
     name = Path(str(a.trace.path)).name if a.trace.path else "trace"
     figures = standard_figures(a)
     plots = "".join(f"<h3>{esc(_FIGURE_TITLES.get(key, key))}</h3>{figure_div(fig)}" for key, fig in figures.items())
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
-        ("verdict", "Verdict", _verdict(a)),
-        ("summary", "Summary", _summary(a)),
-        ("findings", "Findings", _findings(a)),
+        ("verdict", "Verdict", _verdict(a, findings)),
+        ("summary", "Summary", _summary(a, findings)),
+        ("findings", "Findings", _findings(findings)),
         ("plots", "Plots", plots),
         ("tables", "Tables", _tables(a)),
         ("configuration", "Configuration", _configuration(a)),
@@ -201,8 +198,6 @@ def write_report(trace: Analysis | Trace | str | os.PathLike, out: str | os.Path
 
 def compare_html(comparison, *, title: str | None = None) -> str:
     """The report of a gpuscope.compare Comparison: verdicts, the before/after plot, and every table."""
-    from gpuscope.plots import before_after, step_time_vs_context
-
     c = comparison
     label_a, label_b = c.labels
     verdicts = c.verdicts

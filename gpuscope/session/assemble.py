@@ -2,7 +2,7 @@
 
 Layout (the trace format of gpuscope.trace.model, with one more table):
   steps         one row per decode step (Python side): config, role, phase, pos_before/pos_after, n_tokens,
-                t_begin_ns/t_end_ns/wall_ns, the workload's tags, and per-step engine columns (see join.py)
+                t_begin_ns/t_end_ns/wall_ns, the workload's tags, and per-step engine columns (steps_with_engine)
   <event kind>  engine events of every process, with `process` ('main', 'rpc0', ...), `pid`, `config` and
                 `in_step`: the step (steps.step) whose time window holds them
   meta          configs (each SplitConfig.to_dict() plus its label), model (with `synthetic`), engine build,
@@ -10,11 +10,12 @@ Layout (the trace format of gpuscope.trace.model, with one more table):
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from gpuscope import __version__
-from gpuscope.session.join import JOIN_COLUMN, step_of_events, steps_with_engine
 from gpuscope.trace.model import Trace
+from gpuscope.trace.steps import JOIN_COLUMN, join_to_steps
+from gpuscope.version import __version__
 
 STEP_COLUMNS = ["step", "config", "role", "phase", "pos_before", "pos_after", "n_tokens", "n_outputs",
                 "t_begin_ns", "t_end_ns", "wall_ns", "status"]
@@ -44,7 +45,7 @@ def build_trace(step_rows: list[dict], processes: dict[str, dict], *, label: str
     tables = {kind: pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
               for kind, frames in per_kind.items()}
     for frame in tables.values():
-        frame[JOIN_COLUMN] = step_of_events(frame, steps)
+        frame[JOIN_COLUMN] = join_to_steps(frame, steps)
     tables["steps"] = steps_with_engine(steps, tables)
     tables.update(extra_tables or {})
     process_meta = {name: {key: value for key, value in process.items() if key != "tables"}
@@ -78,3 +79,24 @@ def combine_traces(traces: list[Trace], meta: dict) -> Trace:
                 **{key: first[key] for key in ("model_bytes", "machine") if key in first},  # one model, one machine
                 "crashed": any(trace.meta.get("crashed") for trace in traces), **meta}
     return Trace(meta=combined, tables=tables)
+
+
+def steps_with_engine(steps: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """`steps` plus what the engine recorded during each step, from event tables that carry the join column:
+    `n_<kind>` (events of each kind, all processes), `engine_ns` (the engine's own decode-to-synchronized
+    time), `graph_reused` (every ubatch reused the previous graph), `sync_ns` (time spent in synchronizations)."""
+    out = steps.copy()
+    for kind, frame in sorted(tables.items()):
+        if JOIN_COLUMN not in frame.columns:
+            continue
+        counts = frame[JOIN_COLUMN].dropna().astype(np.int64).value_counts()
+        out[f"n_{kind}"] = out["step"].map(counts).fillna(0).astype(np.int64)
+    main = {kind: frame[frame["process"] == "main"] if "process" in frame.columns else frame
+            for kind, frame in tables.items() if JOIN_COLUMN in frame.columns}
+    if "decode_synced" in main:
+        out["engine_ns"] = out["step"].map(main["decode_synced"].groupby(JOIN_COLUMN)["duration_ns"].sum())
+    if "ubatch" in main:
+        out["graph_reused"] = out["step"].map(main["ubatch"].groupby(JOIN_COLUMN)["graph_reused"].min() > 0)
+    if "sync" in main:
+        out["sync_ns"] = out["step"].map(main["sync"].groupby(JOIN_COLUMN)["duration_ns"].sum()).fillna(0)
+    return out

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpuscope.engine.build import find_build
 from gpuscope.errors import BindingMismatchError, EngineConflictError, EngineNotFoundError
 
 # Structs the binding passes by value to the engine: their layouts must agree.
@@ -63,8 +64,6 @@ def resolve_engine(engine: str | os.PathLike | EngineBuild | None = None) -> Eng
         return engine
     if engine is not None and (Path(engine).is_dir() or os.sep in str(engine)):
         return _build_at(Path(engine))
-    from gpuscope.engine.build import find_build  # noqa: PLC0415 (the builder is only needed to look names up)
-
     return _build_at(find_build(None if engine is None else str(engine)).root)
 
 
@@ -245,11 +244,11 @@ def load_binding(build: EngineBuild):
         if loaded != build.library.resolve():
             raise EngineConflictError(
                 f"this process already loaded {loaded}; a process can load one libllama, so {build.library} "
-                "cannot be loaded beside it: run this build in a worker process (Session(..., isolate=True))")
+                "cannot be loaded beside it: run this build in a worker process (open_session(..., isolate=True))")
         return sys.modules["llama_cpp.llama_cpp"]
     _cxx_runtime_global()
     os.environ["LLAMA_CPP_LIB_PATH"] = str(build.bin_dir)
-    import llama_cpp.llama_cpp as llama  # noqa: PLC0415 (loads the library: only after the check)
+    import llama_cpp.llama_cpp as llama  # here, not above: importing it loads libllama, only after the check
 
     return llama
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuscope.errors import RpcServerError
+from gpuscope.session.processes import die_with_parent, how_it_ended
 from gpuscope.session.scratch import new_ring_path, new_rpc_folder
-from gpuscope.trace.record import RingCollector, die_with_parent, how_it_ended
+from gpuscope.trace.ringtap import RingCollector
 
 _START_ATTEMPTS = 3
 

@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from gpuscope.trace.record import ring_dir
+from gpuscope.trace.ringtap import ring_dir
 
 _RING = re.compile(r"gpuscope-(?:session|worker|rpc\d+)-(?P<pid>\d+)-[0-9a-f]+\.ring")
 _RPC_FOLDER = re.compile(r"gpuscope-rpc-(?P<pid>\d+)-.+")

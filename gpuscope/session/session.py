@@ -9,7 +9,7 @@ while the ring is read live.
         trace = s.trace()           # steps + events of this process and its RPC servers
 
 One process loads one libllama and writes one ring; sessions in the same process share both (one at a time is
-the normal use). `Session(..., isolate=True)` runs the same API in a worker process instead (see worker.py).
+the normal use). `open_session(..., isolate=True)` runs the same API in a worker process instead (see worker.py).
 """
 from __future__ import annotations
 
@@ -26,19 +26,19 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from gpuscope.errors import DecodeError, EngineConflictError, SessionError
+from gpuscope.errors import DecodeError, EngineConflictError, NotPatchedError, SessionError
 from gpuscope.models import default_model
 from gpuscope.models.store import progress
 from gpuscope.ring.reader import RingReader
 from gpuscope.session.assemble import build_trace, steps_frame
 from gpuscope.session.binding import EngineBuild, load_binding, resolve_engine
-from gpuscope.trace.record import NotPatchedError, RingCollector
 from gpuscope.session.config import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, SplitConfig
 from gpuscope.session.ggml import Device, Ggml
 from gpuscope.session.model_info import ModelInfo, read_model_info
 from gpuscope.session.rpc import LocalRpcServers
 from gpuscope.session.scratch import new_ring_path, remove_leftovers
 from gpuscope.trace.model import Trace, save_trace
+from gpuscope.trace.ringtap import RingCollector
 from gpuscope.trace.standalone import standalone_meta
 
 _POLL_INTERVAL_NS = 50_000_000  # drain rings at most every 50 ms between steps
@@ -63,7 +63,7 @@ class Engine:
             if cls._current.build.library.resolve() != build.library.resolve():
                 raise EngineConflictError(
                     f"this process already runs the engine build at {cls._current.build.root}; a process can load "
-                    f"one libllama, so the build at {build.root} needs its own process: Session(..., isolate=True)")
+                    f"one libllama, so the build at {build.root} needs its own process: open_session(..., isolate=True)")
             return cls._current
         cls._current = cls(build, ring_path, ring_capacity)
         return cls._current
@@ -239,21 +239,17 @@ class Session:
 
     model: a GGUF path (None: the default model, `gpuscope model default`); engine: a build folder or name (None:
     the default build); draft_model: a second model loaded with the same configuration, reached with
-    role='draft'; isolate=True: run in a worker process with the same API (crash isolation, another build).
+    role='draft' (gpuscope.session.open_session(..., isolate=True) opens the same API with the engine in a worker
+    process: crash isolation, another build).
     ring_path, ring_capacity: this process's ring (the first session of a process opens it; default: a fresh file
     in /dev/shm, removed at exit); rpc_threads: threads per local ggml-rpc-server; verbose: print the engine's log.
     collect_events=False leaves the rings to a reader in another process (the worker's parent)."""
 
-    def __new__(cls, *args, isolate: bool = False, **kwargs):
-        if isolate:
-            from gpuscope.session.worker import IsolatedSession  # noqa: PLC0415 (worker imports this module)
-
-            return IsolatedSession(*args, **kwargs)
-        return super().__new__(cls)
+    in_process = True  # the engine runs in this process: its steps can be held between two (dashboards)
 
     def __init__(self, model: str | os.PathLike | None = None, config: SplitConfig | None = None, *,
                  engine: str | os.PathLike | EngineBuild | None = None, draft_model: str | os.PathLike | None = None,
-                 isolate: bool = False, ring_path: str | os.PathLike | None = None, ring_capacity: int | None = None,
+                 ring_path: str | os.PathLike | None = None, ring_capacity: int | None = None,
                  rpc_threads: int | None = None, verbose: bool = False, collect_events: bool = True):
         remove_leftovers()
         self.config = config or SplitConfig()
@@ -477,12 +473,6 @@ class Session:
     def run(self, function: Callable, *args, **kwargs):
         """`function(self, *args, **kwargs)`: the same call runs inside the worker for an isolated session."""
         return function(self, *args, **kwargs)
-
-    def live(self, **options):
-        """A live dashboard of this session in the notebook (gpuscope.live): dashboard.run(workload, ...)."""
-        from gpuscope.live import live
-
-        return live(self, **options)
 
     # -- events and traces ---------------------------------------------------------------------------------------
 

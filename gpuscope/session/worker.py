@@ -25,16 +25,17 @@ from typing import Callable
 
 import pandas as pd
 
-import gpuscope
 from gpuscope.errors import EngineCrashedError, GpuscopeError, SessionError
 from gpuscope.ring.reader import RingReader
 from gpuscope.session.assemble import build_trace, steps_frame
 from gpuscope.session.binding import EngineBuild, resolve_engine
 from gpuscope.session.config import SplitConfig
+from gpuscope.session.processes import how_it_ended
 from gpuscope.session.rpc import spawn
 from gpuscope.session.scratch import new_ring_path, remove_leftovers
+from gpuscope.session.session import Session
 from gpuscope.trace.model import Trace, save_trace
-from gpuscope.trace.record import RingCollector, how_it_ended
+from gpuscope.trace.ringtap import RingCollector
 
 _POLL_INTERVAL_S = 0.05
 
@@ -43,7 +44,7 @@ _POLL_INTERVAL_S = 0.05
 # then takes this process's sys.path, so that what session.run is given imports there as it does here.
 _ENTRY = ("import sys; sys.path.insert(0, sys.argv[1]); from gpuscope.session.worker import serve; "
           "serve(int(sys.argv[2]))")
-_GPUSCOPE_HOME = Path(gpuscope.__file__).parent.parent
+_GPUSCOPE_HOME = Path(__file__).resolve().parent.parent.parent
 
 
 def serve(fd: int) -> None:
@@ -52,7 +53,6 @@ def serve(fd: int) -> None:
     try:
         sys.path[:] = connection.recv()
         spec = connection.recv()
-        from gpuscope.session.session import Session  # noqa: PLC0415 (the worker's own import)
     except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it)
         connection.send(("error", _portable(exc)))
         return
@@ -117,11 +117,13 @@ class _Remote:
 
 
 class IsolatedSession:
-    """The Session API with the engine in a worker process (create it as `Session(..., isolate=True)`)."""
+    """The Session API with the engine in a worker process (open it with `open_session(..., isolate=True)`)."""
+
+    in_process = False
 
     def __init__(self, model: str | os.PathLike | None = None, config: SplitConfig | None = None, *,
                  engine: str | os.PathLike | EngineBuild | None = None, draft_model: str | os.PathLike | None = None,
-                 isolate: bool = True, ring_capacity: int | None = None, rpc_threads: int | None = None,
+                 ring_capacity: int | None = None, rpc_threads: int | None = None,
                  verbose: bool = False):
         self.config = config or SplitConfig()
         self.build = resolve_engine(engine)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gpuscope import __version__
 from gpuscope.trace.model import Trace
+from gpuscope.version import __version__
 
 # step numbers: the hooks' step counter, and the step of a session's steps table events fall in
 _STEP_COLUMNS = ("step", "in_step")

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpuscope.errors import TraceError
+from gpuscope.ring.schema import load_schema
 
 META_MAX_BYTES = 16 << 20  # real meta.json files are a few KB; a 100-run sweep's stays under 1 MB
 META_MAX_DEPTH = 32        # the deepest documented key (runs[].processes.<name>.ring.devices[]) is 6 levels down
@@ -251,8 +252,6 @@ def required_columns(kind: str) -> dict[str, str] | None:
     """The columns a table of `kind` must have and their types; None for a table the format does not define."""
     if kind in OTHER_TABLES:
         return OTHER_TABLES[kind]
-    from gpuscope.ring.schema import load_schema
-
     schema = load_schema()
     if kind not in schema.kinds.values():
         return None

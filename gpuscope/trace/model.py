@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from gpuscope.errors import TraceError
+from gpuscope.ring.schema import load_schema
 from gpuscope.trace.format import META_MAX_BYTES, check_table, parse_meta, read_table
 
 FORMAT = "gpuscope-trace"
@@ -38,8 +39,6 @@ class Trace:
         """The events of `kind`; an empty frame with the kind's columns when the run produced none."""
         if kind in self.tables:
             return self.tables[kind]
-        from gpuscope.ring.schema import load_schema
-
         schema = load_schema()
         if kind not in schema.kinds.values():
             raise KeyError(f"unknown event kind {kind!r}; known: {sorted(schema.kinds.values())}")

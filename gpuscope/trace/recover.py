@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpuscope import __version__
 from gpuscope.errors import GpuscopeError
 from gpuscope.ring.reader import RingReader
 from gpuscope.trace.model import Trace, load_trace, save_trace
 from gpuscope.trace.ringtap import RingCollector
+from gpuscope.version import __version__
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100

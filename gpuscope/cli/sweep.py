@@ -4,16 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gpuscope.cli.options import depths
 from gpuscope.errors import SplitConfigError
+from gpuscope.runs.sweep import sweep
 from gpuscope.session.config import SplitConfig
-from gpuscope.session.workloads import DEFAULT_DEPTHS, DEFAULT_STEPS, sweep
-
-
-def _depths(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts") from None
+from gpuscope.session.workloads import DEFAULT_DEPTHS, DEFAULT_STEPS
 
 
 def _summary(trace) -> str:
@@ -59,7 +54,7 @@ def register(subparsers) -> None:
                         help="a split configuration, repeatable: space-separated key=value, lists comma-separated, "
                              "e.g. 'devices=rpc:0,rpc:1 split_mode=layer n_gpu_layers=99 flash_attn=on'; "
                              "keys: " + ", ".join(SplitConfig().to_dict()) + " (none given: the default)")
-    parser.add_argument("--depths", type=_depths, default=list(DEFAULT_DEPTHS),
+    parser.add_argument("--depths", type=depths, default=list(DEFAULT_DEPTHS),
                         help=f"context depths, comma-separated (default {','.join(map(str, DEFAULT_DEPTHS))})")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help=f"decode steps per depth (default {DEFAULT_STEPS})")

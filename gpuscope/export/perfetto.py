@@ -38,7 +38,7 @@ _END, _POINT, _BEGIN = 0, 1, 2
 
 
 def _protos():
-    try:
+    try:  # the perfetto package is optional: only exports need it
         from perfetto.protos.perfetto.trace import perfetto_trace_pb2
     except ImportError:
         raise CollectorUnavailableError("the Perfetto export needs the `perfetto` package: pip install perfetto") \
@@ -400,7 +400,7 @@ def load_trace_processor(path: str | os.PathLike):
         raise CollectorUnavailableError(
             "no local trace_processor_shell: set $GPUSCOPE_TRACE_PROCESSOR to one (gpuscope never lets the perfetto "
             "package download it), or open the file in ui.perfetto.dev")
-    from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig
+    from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig  # optional, as above
 
     return TraceProcessor(trace=str(path), config=TraceProcessorConfig(bin_path=binary))
 

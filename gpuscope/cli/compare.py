@@ -1,35 +1,24 @@
 """`gpuscope compare A B` and `gpuscope ab --a BUILD --b BUILD`."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from gpuscope.doctor.cli import add_analysis_options, parse_bandwidth
+from gpuscope.analysis.facade import Analysis
+from gpuscope.cli.options import add_analysis_options, analysis_options, depths, output_path
+from gpuscope.compare.compare import compare
 from gpuscope.errors import GpuscopeError
-
-
-def _analysis_options(args) -> dict:
-    from gpuscope.analysis.bandwidth import measure_copy_bandwidth
-
-    bandwidth = parse_bandwidth(args.bandwidth)
-    if args.measure_bandwidth:
-        bandwidth.setdefault("CPU", measure_copy_bandwidth())
-    return {"model": args.model, "bandwidth": bandwidth}
+from gpuscope.report.report import write_compare_report
+from gpuscope.runs.ab import run_ab
+from gpuscope.session.config import SplitConfig
 
 
 def _compare(args) -> int:
-    from gpuscope.analysis.facade import Analysis
-    from gpuscope.cli import output_path
-    from gpuscope.compare.compare import compare
-
     if args.output:
         output_path(args.output)
-    options = _analysis_options(args)
+    options = analysis_options(args)
     comparison = compare(Analysis(args.a, **options), Analysis(args.b, **options))
     if args.output:
-        from gpuscope.report.report import write_compare_report
-
         write_compare_report(comparison, args.output)
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
@@ -40,27 +29,18 @@ def _compare(args) -> int:
     return 0
 
 
-def _depths(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts") from None
-
-
 def _ab(args) -> int:
-    from gpuscope.compare.ab import run_ab
-    from gpuscope.session.config import SplitConfig
-
     if args.rounds < 1:
         raise GpuscopeError("--rounds must be at least 1")
     model = None if args.model in (None, "default") else Path(args.model)
     if model is not None and not model.is_file():
         raise GpuscopeError(f"model file not found: {model}")
     config = SplitConfig.parse(args.config)
-    options = _analysis_options(args)
+    options = analysis_options(args)
     options["model"] = None
     result = run_ab(args.a, args.b, args.out, model=model, config=config, depths=args.depths, n_steps=args.steps,
                     rounds=args.rounds, analysis_options=options)
+    write_compare_report(result.comparison, Path(args.out) / "compare.html")
     print(result.comparison.to_text())
     print(f"\nwritten: {Path(args.out) / 'a.trace'}, {Path(args.out) / 'b.trace'}, "
           f"{Path(args.out) / 'compare.json'}, {Path(args.out) / 'compare.html'}")
@@ -91,7 +71,7 @@ def register(subparsers) -> None:
     ab.add_argument("--model", "-m", default="default", help="GGUF model path, or 'default'")
     ab.add_argument("--config", "-c", default="", metavar="'KEY=VALUE ...'",
                     help="split configuration, as for gpuscope sweep (default: the default configuration)")
-    ab.add_argument("--depths", type=_depths, default=[0, 256], help="context depths (default 0,256)")
+    ab.add_argument("--depths", type=depths, default=[0, 256], help="context depths (default 0,256)")
     ab.add_argument("--steps", type=int, default=16, help="decode steps per depth and round (default 16)")
     ab.add_argument("--rounds", type=int, default=3, help="rounds of A and B (default 3)")
     ab.add_argument("--bandwidth", action="append", metavar="DEVICE=GBPS",

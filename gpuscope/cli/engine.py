@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -56,23 +55,6 @@ def _build(args: argparse.Namespace) -> int:
     build = builds.build_engine(build_spec(args))
     print(build.bin_dir)
     return 0
-
-
-def twin_command(hooked: builds.Build, name: str) -> str:
-    """The `gpuscope engine build` command that makes `hooked`'s unhooked twin, called `name`: the same backend,
-    source, patches and GPU architecture, without the hooks."""
-    meta = hooked.meta
-    words = ["gpuscope", "engine", "build", "--no-hooks", "--name", name, "--backend", meta["backend"]]
-    if meta["source"]["upstream"] is None:  # built from a tree of the user's
-        words += ["--src", meta["source"]["path"]]
-    for patch in meta["patches"]:
-        words += ["--patch", patch["path"]]
-    architecture_flags = {"-DCMAKE_CUDA_ARCHITECTURES": "--cuda-arch", "-DGPU_TARGETS": "--hip-arch"}
-    for option in meta["options"]:
-        key, _, value = option.partition("=")
-        if key in architecture_flags:
-            words += [architecture_flags[key], value]
-    return shlex.join(words)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import fcntl
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gpuscope.cli import command_group
 from gpuscope.errors import GpuscopeError
 from gpuscope.ring.native import ring_tool
 from gpuscope.ring.reader import RingReader
@@ -64,37 +62,3 @@ def _timed_drain(path: Path, records: int) -> tuple[float, float]:
 
 def _shm_or_tmp() -> str | None:
     return "/dev/shm" if Path("/dev/shm").is_dir() else None
-
-
-def _run(args) -> int:
-    print("gpuscope bench ring: emit cost (C, 1 and 2 producer threads, with baselines) ...", file=sys.stderr)
-    results = emit_costs()
-    print(f"gpuscope bench ring: drain throughput ({args.records:,} records) ...", file=sys.stderr)
-    results.update(drain_throughput(args.records))
-    rows = [
-        ("emit, 1 thread", results["emit_ns_p50_1t"], results["emit_ns_p99_1t"], "ns/event"),
-        ("emit, 2 threads", results["emit_ns_p50_2t"], results["emit_ns_p99_2t"], "ns/event"),
-        ("emit, no ring open", results["disabled_emit_ns_p50"], None, "ns/event"),
-        ("baseline: clock_gettime", results["clock_gettime_ns_p50"], None, "ns/call"),
-        ("baseline: mutex ring, 1 thread", results["mutex_ring_ns_p50_1t"], None, "ns/event"),
-        ("baseline: mutex ring, 2 threads", results["mutex_ring_ns_p50_2t"], None, "ns/event"),
-    ]
-    print(f"{'measure':34} {'p50':>10} {'p99':>10}  unit")
-    for name, p50, p99, unit in rows:
-        print(f"{name:34} {p50:10.1f} {'' if p99 is None else f'{p99:10.1f}':>10}  {unit}")
-    print(f"{'drain into numpy':34} {results['drain_records_per_s_numpy'] / 1e6:10.1f} {'':>10}  M records/s")
-    print(f"{'drain a live ring into numpy':34} {results['drain_records_per_s_live'] / 1e6:10.1f} {'':>10}  "
-          "M records/s")
-    print(f"{'drain into pandas DataFrames':34} {results['drain_records_per_s_pandas'] / 1e6:10.1f} {'':>10}  "
-          "M records/s")
-    if args.json:
-        print(json.dumps(results))
-    return 0
-
-
-def register(subparsers) -> None:
-    bench = command_group(subparsers, "bench", help="benchmarks that print their figures")
-    parser = bench.add_parser("ring", help="emit cost and drain throughput of the shared-memory ring")
-    parser.add_argument("--json", action="store_true", help="end with one JSON object of all figures")
-    parser.add_argument("--records", type=int, default=4_000_000, help="records in the drain benchmark")
-    parser.set_defaults(func=_run)

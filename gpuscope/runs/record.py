@@ -20,8 +20,6 @@ program dies with the recorder (PR_SET_PDEATHSIG): never an orphan.
 """
 from __future__ import annotations
 
-import argparse
-import ctypes
 import json
 import os
 import shlex
@@ -34,15 +32,16 @@ import time
 import uuid
 from pathlib import Path
 
-from gpuscope import __version__
+from gpuscope.engine.build import find_build
 from gpuscope.errors import GpuscopeError, RingError
 from gpuscope.ring.schema import load_schema
+from gpuscope.session.processes import die_with_parent, how_it_ended
 from gpuscope.trace.model import Trace
 from gpuscope.trace.model_bytes import command_model
-from gpuscope.trace.recover import (COMPLETE, IN_PROGRESS, check_trace_path, claim, publish, recover_abandoned,
-                                    recover_ring, release)
+from gpuscope.trace.recover import COMPLETE, IN_PROGRESS, check_trace_path, claim, publish, recover_abandoned, release
 from gpuscope.trace.ringtap import RingCollector, ring_dir, signal_name
 from gpuscope.trace.standalone import standalone_meta
+from gpuscope.version import __version__
 
 _DRAIN_INTERVAL_S = 0.05
 # The trace on disk is rewritten this often while the program runs. A rewrite costs time in proportion to the events
@@ -56,30 +55,10 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # then its whole process group, the recorder included. Only a later one means "kill it".
 _REPEAT_WINDOW_S = 0.5
 _RING_PREFIX = "gpuscope-record-"
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: the child only calls it
 
 
 class RecordError(GpuscopeError):
     """`gpuscope record` was asked for something it cannot do (no program, a bad capacity)."""
-
-
-class NotPatchedError(GpuscopeError):
-    """The engine carries no gpuscope hooks."""
-
-
-def how_it_ended(returncode: int) -> dict:
-    if returncode < 0:
-        return {"returncode": returncode, "signal": -returncode, "how": f"killed by {signal_name(-returncode)}"}
-    return {"returncode": returncode, "signal": 0, "how": f"exited with status {returncode}"}
-
-
-def die_with_parent() -> None:
-    """In a child between fork and exec: ask the kernel to kill it when the thread that forked it ends."""
-    parent = os.getppid()
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def check_capacity(capacity: int | None) -> None:
@@ -111,8 +90,6 @@ def locate_program(name: str, search_path: str | None) -> str:
 def engine_environment(name: str, env: dict) -> tuple[dict, dict]:
     """(variables, build meta) that make a program run the engine build called `name`: llama-cpp-python loads its
     libllama (LLAMA_CPP_LIB_PATH), the loader finds its ggml libraries and the shell its programs."""
-    from gpuscope.engine.build import find_build  # noqa: PLC0415 (the builder is only needed to look names up)
-
     build = find_build(name)
     folder = str(build.bin_dir)
 
@@ -300,7 +277,7 @@ class _Recording:
                               f"{self.collector.path}: `gpuscope record --from-ring {self.collector.path} --out "
                               f"{self.out}` makes it") from None
         if not self.quiet:
-            _summarize(trace)
+            summarize(trace)
         return trace
 
     def _publish(self, tables: dict, ring_meta: dict, **entries) -> Trace:
@@ -312,7 +289,7 @@ class _Recording:
 
     def say(self, line: str) -> None:
         if not self.quiet:
-            _say(line)
+            say(line)
 
 
 class _StopSignals:
@@ -387,7 +364,7 @@ def _engine_meta(program: str, env: dict) -> dict:
     return {"program_dir": str(Path(program).parent)}
 
 
-def _say(line: str, stream=None) -> None:
+def say(line: str, stream=None) -> None:
     """Tell the user; a terminal that hung up (SIGHUP) cannot be written to, and that stops nothing."""
     try:
         print(line, file=stream or sys.stderr, flush=True)
@@ -395,46 +372,16 @@ def _say(line: str, stream=None) -> None:
         pass
 
 
-def _summarize(trace: Trace) -> None:
+def summarize(trace: Trace) -> None:
     meta, ring = trace.meta, trace.meta["ring"]
     counts = ", ".join(f"{kind} {len(frame)}" for kind, frame in sorted(trace.tables.items())) or "no events"
     if meta.get("exit"):
         stopped = f" after {meta['interrupted']['signal_name']}" if meta.get("interrupted") else ""
-        _say(f"gpuscope record: program {meta['exit']['how']}{stopped}")
+        say(f"gpuscope record: program {meta['exit']['how']}{stopped}")
     if ring.get("error"):
-        _say(f"gpuscope record: the ring could not be read: {ring['error']}")
+        say(f"gpuscope record: the ring could not be read: {ring['error']}")
     elif not ring.get("opened"):
-        _say(f"gpuscope record: {no_events_advice(meta['command'] or ['the program'])}")
+        say(f"gpuscope record: {no_events_advice(meta['command'] or ['the program'])}")
     else:
-        _say(f"gpuscope record: {ring['read']} events ({counts}); lost {ring['lost']}; ring {ring['state']}")
-    _say(str(trace.path), sys.stdout)
-
-
-def _run(args) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if args.from_ring is not None:
-        if command:
-            raise RecordError("--from-ring makes a trace of a ring that exists: give no program with it")
-        trace, added = recover_ring(args.from_ring, args.out, keep_ring=args.keep_ring)
-        _say(f"gpuscope record: {added} events from {args.from_ring}")
-        _summarize(trace)
-        return 0
-    trace = record(command, args.out, capacity=args.capacity, keep_ring=args.keep_ring, engine=args.engine)
-    return 0 if trace.meta["exit"]["returncode"] == 0 else 1
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "record", help="run a program on a hooked engine build and write its events as a trace",
-        description="Examples: gpuscope record --out bench.trace -- llama-bench -m model.gguf -n 32; "
-                    "gpuscope record --engine cpu --out py.trace -- python3 script.py (llama-cpp-python); "
-                    "gpuscope record --from-ring /dev/shm/x.ring --out x.trace")
-    parser.add_argument("--out", "-o", required=True, help="trace folder to write (rewritten as the run goes)")
-    parser.add_argument("--capacity", type=int, default=None, help="ring capacity in records (power of two)")
-    parser.add_argument("--keep-ring", action="store_true", help="keep the raw ring file after the run")
-    parser.add_argument("--engine", metavar="NAME", help="engine build (`gpuscope engine list`) that the program's "
-                        "llama-cpp-python loads (sets LLAMA_CPP_LIB_PATH, LD_LIBRARY_PATH and PATH)")
-    parser.add_argument("--from-ring", metavar="RING", type=Path,
-                        help="make the trace of a ring left behind (by a killed recorder, or --keep-ring)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
-    parser.set_defaults(func=_run)
+        say(f"gpuscope record: {ring['read']} events ({counts}); lost {ring['lost']}; ring {ring['state']}")
+    say(str(trace.path), sys.stdout)

@@ -17,11 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gpuscope.cli import command_group
-from gpuscope.engine.build import Build, find_build
-from gpuscope.engine.cli import twin_command
+from gpuscope.engine.build import Build, find_build, twin_command
 from gpuscope.errors import EngineNotFoundError, GpuscopeError
-from gpuscope.trace.record import record
+from gpuscope.models.default import default_model
+from gpuscope.runs.record import record
 
 ARMS = ("recording", "hooks_off", "unpatched")
 
@@ -80,24 +79,6 @@ def measure(bench: dict[str, Path], model: Path, depths: list[int], rounds: int,
     return results
 
 
-def _run(args) -> int:
-    hooked = find_build(args.engine)
-    bench = {"patched": hooked.program("llama-bench"),
-             "unpatched": unhooked_twin(hooked, args.baseline).program("llama-bench")}
-    model = Path(args.model) if args.model else _default_bench_model()
-    print(f"gpuscope bench overhead: {args.engine} vs its unpatched twin, {args.rounds} interleaved rounds",
-          file=sys.stderr)
-    results = measure(bench, model, args.depth, args.rounds, args.n_gen, args.extra)
-    print(f"{'depth':>6} {'recording t/s':>14} {'hooks off t/s':>14} {'unpatched t/s':>14} "
-          f"{'cost rec.':>10} {'cost off':>10}")
-    for depth, row in results["depths"].items():
-        print(f"{depth:>6} {row['tg_ts_recording']:14.2f} {row['tg_ts_hooks_off']:14.2f} "
-              f"{row['tg_ts_unpatched']:14.2f} {row['cost_recording']:10.2%} {row['cost_hooks_off']:10.2%}")
-    if args.json:
-        print(json.dumps(results))
-    return 0
-
-
 def unhooked_twin(hooked: Build, baseline: str | None) -> Build:
     """The build to measure `hooked` against: `baseline` (default: NAME-nohooks), which must have no hooks."""
     default = f"{hooked.name}-nohooks"
@@ -114,21 +95,5 @@ def unhooked_twin(hooked: Build, baseline: str | None) -> Build:
     return twin
 
 
-def _default_bench_model() -> Path:
-    from gpuscope.models.default import default_model
-
+def default_bench_model() -> Path:
     return default_model()
-
-
-def register(subparsers) -> None:
-    bench = command_group(subparsers, "bench", help="benchmarks that print their figures")
-    parser = bench.add_parser("overhead", help="decode throughput with recording on, hooks off, and unpatched")
-    parser.add_argument("--engine", required=True, help="name of a hooked engine build")
-    parser.add_argument("--baseline", help="name of its unpatched twin (default: ENGINE-nohooks)")
-    parser.add_argument("--model", help="GGUF to decode (default: the default model)")
-    parser.add_argument("--depth", type=int, nargs="+", default=[0, 8192], help="context depths")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per arm")
-    parser.add_argument("--n-gen", type=int, default=64, help="tokens generated per run")
-    parser.add_argument("--json", action="store_true", help="end with one JSON object of all figures")
-    parser.add_argument("extra", nargs="*", help="more llama-bench arguments after --, e.g. -- -ngl 99 -fa 1")
-    parser.set_defaults(func=_run)

@@ -10,7 +10,6 @@ time on 2 cores), a cost of mixing threads, not of the dashboard.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -21,6 +20,7 @@ from gpuscope.extras import optional_import
 _MARKER = "gpuscope-live-bench:"
 _KERNEL_CODE = """
 import json, threading
+import gpuscope
 from gpuscope.session import Session, SplitConfig
 from gpuscope.session.workloads import sweep_loop
 
@@ -38,7 +38,7 @@ for round_index in range({rounds}):
     for mode in (("plain", "dashboard") if round_index % 2 == 0 else ("dashboard", "plain")):
         session.set_tags(mode=mode, round=round_index)
         if mode == "dashboard":
-            dash = session.live(interval_s={interval}, title="gpuscope bench live")
+            dash = gpuscope.live(session, interval_s={interval}, title="gpuscope bench live")
             dash.run(sweep_loop, {depths!r}, {steps})
             dash.wait()
             refreshes += dash.refreshes
@@ -55,13 +55,6 @@ print({marker!r} + json.dumps({{
     "engine_dashboard": decode.loc[decode["mode"] == "dashboard", "engine_ns"].tolist(),
     "refreshes": refreshes, "refresh_seconds": refresh_seconds}}))
 """
-
-
-def _depths(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts") from None
 
 
 def measure(model: str = "default", config: str = "", engine: str | None = None, depths=(0, 256, 512),
@@ -85,42 +78,3 @@ def measure(model: str = "default", config: str = "", engine: str | None = None,
             "difference_pct": float(diff / np.median(plain) * 100),
             "refreshes": data["refreshes"],
             "ms_per_refresh": float(data["refresh_seconds"] / max(data["refreshes"], 1) * 1e3)}
-
-
-def _run(args) -> int:
-    result = measure(args.model, args.config, args.engine, args.depths, args.steps, args.rounds, args.interval)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    low, high = result["difference_ci_ms"]
-    print(f"model {result['model']}, depths {result['depths']}, {result['steps_per_depth']} steps per depth, "
-          f"{result['rounds']} rounds of each, dashboard refresh every {result['interval_s']} s")
-    print(f"{'condition':<22} {'steps':>6} {'median ms/step':>15}")
-    for mode in ("plain", "dashboard"):
-        label = "without the dashboard" if mode == "plain" else "with the dashboard"
-        print(f"{label:<22} {result['steps'][mode]:>6} {result['median_ms'][mode]:>15.3f}")
-    print(f"difference (with - without): {result['difference_ms']:+.3f} ms ({result['difference_pct']:+.1f}%), "
-          f"95% interval {low:+.3f} to {high:+.3f} ms")
-    print(f"dashboard: {result['refreshes']} refreshes, {result['ms_per_refresh']:.1f} ms of CPU each on average "
-          "(its first refresh and the doctor's runs included)")
-    return 0
-
-
-def register(subparsers) -> None:
-    from gpuscope.cli import command_group
-
-    group = command_group(subparsers, "bench", "benchmarks that print their figures")
-    parser = group.add_parser(
-        "live", help="engine step time with the live dashboard open against without it",
-        description="In a Jupyter kernel driven by nbclient (the widget messages really flow), one session decodes "
-                    "the same sweep in alternating rounds, plain and under a live dashboard, and compares the "
-                    "decode step times.")
-    parser.add_argument("--model", default="default", help="GGUF path, or 'default'")
-    parser.add_argument("--config", default="", help="split configuration, as for gpuscope sweep")
-    parser.add_argument("--engine", default=None, help="engine build name or folder (default: the hooked CPU build)")
-    parser.add_argument("--depths", type=_depths, default=[0, 256, 512], help="context depths (default 0,256,512)")
-    parser.add_argument("--steps", type=int, default=16, help="decode steps per depth and round (default 16)")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds of each condition (default 4)")
-    parser.add_argument("--interval", type=float, default=0.25, help="dashboard refresh interval, s (default 0.25)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.set_defaults(func=_run)

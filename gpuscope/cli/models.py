@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from gpuscope.cli import command_group
+from gpuscope.cli.options import command_group
 from gpuscope.models.default import default_model
 from gpuscope.models.synth import MODEL_TYPES, PRESETS, synth_model
 

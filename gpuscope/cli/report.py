@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuscope.doctor.cli import add_analysis_options, analysis_from_args
+from gpuscope.cli.options import add_analysis_options, analysis_from_args, output_path
+from gpuscope.plots import standard_figures
+from gpuscope.report.report import write_report
+from gpuscope.report.static import export_pdf, export_png
 
 
 def _run(args) -> int:
-    from gpuscope.cli import output_path
-    from gpuscope.plots import standard_figures
-    from gpuscope.report.report import write_report
-    from gpuscope.report.static import export_pdf, export_png
-
     output_path(args.output)
     if args.png:
         output_path(args.png, folder=True)

@@ -1,18 +1,24 @@
-"""CLI of the collectors: `gpuscope collect kernels|stacks`, `gpuscope import-rocprof`, `gpuscope export`."""
+"""`gpuscope collect kernels|stacks` (a sweep with a collector around each configuration), `gpuscope
+import-rocprof` and `gpuscope export`."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from gpuscope.analysis.kernels import (fa_kernels_by_route, fa_route_summary, family_time_per_step, gpu_busy_per_step,
+                                       profiled_windows)
+from gpuscope.cli.options import command_group
+from gpuscope.cli.options import depths as depths_option  # _session_options takes a default called depths
+from gpuscope.cli.options import output_path
+from gpuscope.collectors.rocprof import read_rocprof
 from gpuscope.errors import GpuscopeError
-
-
-def _depths(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts") from None
+from gpuscope.export.perfetto import export_perfetto
+from gpuscope.runs.collect import KernelCollection, StackCollection
+from gpuscope.runs.sweep import sweep
+from gpuscope.session.config import SplitConfig
+from gpuscope.trace.model import Trace, load_trace, save_trace
+from gpuscope.trace.steps import join_to_steps
+from gpuscope.version import __version__
 
 
 def _model(text: str):
@@ -30,26 +36,26 @@ def _session_options(parser, depths: str, steps: int) -> None:
     parser.add_argument("--engine", default=None, help="engine build folder or name (default: the default build)")
     parser.add_argument("--config", "-c", action="append", default=[], metavar="'KEY=VALUE ...'",
                         help="a split configuration (as for gpuscope sweep), repeatable")
-    parser.add_argument("--depths", type=_depths, default=_depths(depths), help=f"context depths (default {depths})")
+    parser.add_argument("--depths", type=depths_option, default=depths_option(depths),
+                        help=f"context depths (default {depths})")
     parser.add_argument("--steps", type=int, default=steps, help=f"decode steps per depth (default {steps})")
     parser.add_argument("--isolate", action="store_true", help="run each configuration in a worker process")
 
 
-def _collect_kernels(args) -> int:
-    from gpuscope.collectors.kernels import collect_kernels_sweep
+def _configs(texts: list[str]) -> list[SplitConfig]:
+    return [SplitConfig.parse(text) for text in texts] or [SplitConfig()]
 
-    trace = collect_kernels_sweep(args.config, _model(args.model), engine=args.engine, depths=args.depths,
-                                  n_steps=args.steps, isolate=args.isolate, baseline=not args.no_baseline,
-                                  out=args.out)
+
+def _collect_kernels(args) -> int:
+    trace = sweep(_configs(args.config), _model(args.model), engine=args.engine, depths=args.depths,
+                  n_steps=args.steps, isolate=args.isolate, around=KernelCollection(baseline=not args.no_baseline),
+                  out=args.out)
     _print_kernel_summary(trace)
     print(trace.path)
     return 0
 
 
 def _print_kernel_summary(trace) -> None:
-    from gpuscope.collectors.kernel_table import (fa_kernels_by_route, fa_route_summary, family_time_per_step,
-                                                  gpu_busy_per_step, profiled_windows)
-
     kernels, steps = trace.tables["kernels"], trace.tables["steps"]
     profiled = steps[steps.get("kernel_profiler", "on") == "on"] if "kernel_profiler" in steps else steps
     decode = profiled[profiled["phase"] == "decode"]
@@ -75,25 +81,18 @@ def _print_kernel_summary(trace) -> None:
 
 
 def _collect_stacks(args) -> int:
-    from gpuscope.collectors.stacks import collect_stacks_sweep
-
-    trace = collect_stacks_sweep(args.config, _model(args.model), engine=args.engine, depths=args.depths,
-                                 n_steps=args.steps, isolate=args.isolate, rate=args.rate, out=args.out)
+    trace = sweep(_configs(args.config), _model(args.model), engine=args.engine, depths=args.depths,
+                  n_steps=args.steps, isolate=args.isolate, around=StackCollection(rate=args.rate), out=args.out)
     print(trace.path)
     return 0
 
 
 def _import_rocprof(args) -> int:
-    from gpuscope import __version__
-    from gpuscope.collectors.rocprof import read_rocprof
-    from gpuscope.session.join import step_of_events
-    from gpuscope.trace.model import Trace, load_trace, save_trace
-
     kernels = read_rocprof(args.input, offset_ns=args.offset_ns)
     if args.trace:
         trace = load_trace(args.trace)
         if "steps" in trace.tables:
-            kernels = kernels.assign(in_step=step_of_events(kernels, trace.tables["steps"]))
+            kernels = kernels.assign(in_step=join_to_steps(kernels, trace.tables["steps"]))
         trace.tables["kernels"] = kernels
         trace.meta["kernels"] = {"imported": {"collector": "rocprofv3", "input": str(args.input),
                                               "offset_ns": args.offset_ns}}
@@ -109,10 +108,6 @@ def _import_rocprof(args) -> int:
 
 
 def _export(args) -> int:
-    from gpuscope.cli import output_path
-    from gpuscope.collectors.perfetto import export_perfetto
-    from gpuscope.trace.model import load_trace
-
     counts = export_perfetto(load_trace(args.trace), output_path(args.perfetto))
     print(f"gpuscope export: {counts['tracks']} tracks, {counts['slices']} slices, {counts['instants']} instants, "
           f"{counts['counter_values']} counter values, {counts['flows']} flows"
@@ -122,8 +117,6 @@ def _export(args) -> int:
 
 
 def register(subparsers) -> None:
-    from gpuscope.cli import command_group
-
     collect = command_group(subparsers, "collect", help="record a workload with a collector beside the hooks")
     kernels = collect.add_parser(
         "kernels", help="context sweep with GPU kernels recorded by torch's profiler (CUDA/ROCm torch needed)",

@@ -2,11 +2,12 @@
 bottom with parameters (papermill's convention: the values are assigned in a cell inserted after the cell tagged
 `parameters`, so the same notebook runs small in CI and large by default).
 
-    from gpuscope.notebooks import run_notebook
+    from gpuscope.runs.notebooks import run_notebook
     nb = run_notebook("01-diagnose-slow-decode", {"depths": [0, 128], "n_steps": 8}, cwd="out/")
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -83,8 +84,6 @@ def run_notebook(name: str | os.PathLike, parameters: dict | None = None, *, cwd
 
 def summary_of(notebook) -> dict:
     """The JSON summary the notebook printed last (its `gpuscope-summary:` line)."""
-    import json
-
     for cell in reversed(notebook.cells):
         for output in cell.get("outputs", []):
             text = output.get("text", "") if output.get("output_type") == "stream" else ""

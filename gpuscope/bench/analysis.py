@@ -7,7 +7,6 @@ process so that its peak memory is its own.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import resource
 import shutil
@@ -17,7 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpuscope.analysis.facade import Analysis
+from gpuscope.doctor.rules import diagnose
+from gpuscope.engine.build import find_build
 from gpuscope.errors import GpuscopeError
+from gpuscope.models.synth import synth_model
+from gpuscope.runs.record import record
+from gpuscope.trace.combine import combine
+from gpuscope.trace.model import load_trace, save_trace
 
 
 def _events(trace) -> int:
@@ -26,10 +32,6 @@ def _events(trace) -> int:
 
 def record_source(folder: Path, engine: str | None) -> Path:
     """A real trace to scale: llama-bench decoding a tiny synthetic model on the CPU build."""
-    from gpuscope.engine.build import find_build
-    from gpuscope.models.synth import synth_model
-    from gpuscope.trace.record import record
-
     build = find_build(engine)
     model = synth_model("tiny")
     out = folder / "source.trace"
@@ -41,8 +43,6 @@ def record_source(folder: Path, engine: str | None) -> Path:
 
 def scale(source, target_events: int):
     """Copies of `source` end to end until they hold at least `target_events` events."""
-    from gpuscope.trace.combine import combine
-
     per_copy = _events(source)
     if per_copy == 0:
         raise GpuscopeError(f"{source.path}: the source trace has no events to scale")
@@ -52,14 +52,11 @@ def scale(source, target_events: int):
 
 
 def _measure(trace_path: str, queue) -> None:
-    from gpuscope.analysis.facade import Analysis
-    from gpuscope.trace.model import load_trace
-
     start = time.perf_counter()
     trace = load_trace(trace_path)
     loaded = time.perf_counter()
     analysis = Analysis(trace)
-    findings = analysis.findings
+    findings = diagnose(analysis)
     diagnosed = time.perf_counter()
     budget = analysis.budget_summary  # the per-step budget: the heaviest analysis, which few rules need
     done = time.perf_counter()
@@ -79,8 +76,6 @@ def measure(trace_path: Path) -> dict:
 
 
 def run(sizes: list[int], source_path: Path | None, engine: str | None, keep: Path | None) -> list[dict]:
-    from gpuscope.trace.model import load_trace, save_trace
-
     scratch = Path(tempfile.mkdtemp(prefix="gpuscope-bench-analysis-"))
     try:
         if source_path is None:
@@ -105,27 +100,3 @@ def run(sizes: list[int], source_path: Path | None, engine: str | None, keep: Pa
         return results
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _run(args) -> int:
-    sizes = [int(float(s)) for s in args.events.split(",") if s.strip()]
-    results = run(sizes, Path(args.trace) if args.trace else None, args.engine, Path(args.keep) if args.keep else None)
-    if args.json:
-        print(json.dumps(results))
-    return 0
-
-
-def register(subparsers) -> None:
-    from gpuscope.cli import command_group
-
-    bench = command_group(subparsers, "bench", help="benchmarks that print their figures")
-    parser = bench.add_parser(
-        "analysis", help="load and doctor time against event count, on copies of a real recorded trace",
-        description="Scales a real recorded trace (copies shifted in time, sequence and step) to each event count "
-                    "and times loading it and running the doctor, each size in a fresh process.")
-    parser.add_argument("--events", default="1e6,1e7", help="event counts, comma-separated (default 1e6,1e7)")
-    parser.add_argument("--trace", help="the real trace to scale (default: record one now with the CPU build)")
-    parser.add_argument("--engine", help="engine build to record the source trace with (default: the CPU build)")
-    parser.add_argument("--keep", help="folder to keep the scaled traces in")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
-    parser.set_defaults(func=_run)

@@ -1,0 +1,144 @@
+"""`gpuscope bench ...`: benchmarks that print their figures (gpuscope.bench): the ring's emit cost and drain
+throughput, the engine's decode throughput with and without hooks, analysis time against event count, and the
+live dashboard's cost to the engine."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from gpuscope.bench import analysis as analysis_bench
+from gpuscope.bench import live as live_bench
+from gpuscope.bench import overhead as overhead_bench
+from gpuscope.bench import ring as ring_bench
+from gpuscope.cli.options import command_group, depths
+from gpuscope.engine.build import find_build
+
+
+def register(subparsers) -> None:
+    bench = command_group(subparsers, "bench", help="benchmarks that print their figures")
+    _register_ring(bench)
+    _register_overhead(bench)
+    _register_analysis(bench)
+    _register_live(bench)
+
+
+def _ring(args) -> int:
+    print("gpuscope bench ring: emit cost (C, 1 and 2 producer threads, with baselines) ...", file=sys.stderr)
+    results = ring_bench.emit_costs()
+    print(f"gpuscope bench ring: drain throughput ({args.records:,} records) ...", file=sys.stderr)
+    results.update(ring_bench.drain_throughput(args.records))
+    rows = [
+        ("emit, 1 thread", results["emit_ns_p50_1t"], results["emit_ns_p99_1t"], "ns/event"),
+        ("emit, 2 threads", results["emit_ns_p50_2t"], results["emit_ns_p99_2t"], "ns/event"),
+        ("emit, no ring open", results["disabled_emit_ns_p50"], None, "ns/event"),
+        ("baseline: clock_gettime", results["clock_gettime_ns_p50"], None, "ns/call"),
+        ("baseline: mutex ring, 1 thread", results["mutex_ring_ns_p50_1t"], None, "ns/event"),
+        ("baseline: mutex ring, 2 threads", results["mutex_ring_ns_p50_2t"], None, "ns/event"),
+    ]
+    print(f"{'measure':34} {'p50':>10} {'p99':>10}  unit")
+    for name, p50, p99, unit in rows:
+        print(f"{name:34} {p50:10.1f} {'' if p99 is None else f'{p99:10.1f}':>10}  {unit}")
+    print(f"{'drain into numpy':34} {results['drain_records_per_s_numpy'] / 1e6:10.1f} {'':>10}  M records/s")
+    print(f"{'drain a live ring into numpy':34} {results['drain_records_per_s_live'] / 1e6:10.1f} {'':>10}  "
+          "M records/s")
+    print(f"{'drain into pandas DataFrames':34} {results['drain_records_per_s_pandas'] / 1e6:10.1f} {'':>10}  "
+          "M records/s")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _register_ring(bench) -> None:
+    parser = bench.add_parser("ring", help="emit cost and drain throughput of the shared-memory ring")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object of all figures")
+    parser.add_argument("--records", type=int, default=4_000_000, help="records in the drain benchmark")
+    parser.set_defaults(func=_ring)
+
+
+def _overhead(args) -> int:
+    hooked = find_build(args.engine)
+    bench = {"patched": hooked.program("llama-bench"),
+             "unpatched": overhead_bench.unhooked_twin(hooked, args.baseline).program("llama-bench")}
+    model = Path(args.model) if args.model else overhead_bench.default_bench_model()
+    print(f"gpuscope bench overhead: {args.engine} vs its unpatched twin, {args.rounds} interleaved rounds",
+          file=sys.stderr)
+    results = overhead_bench.measure(bench, model, args.depth, args.rounds, args.n_gen, args.extra)
+    print(f"{'depth':>6} {'recording t/s':>14} {'hooks off t/s':>14} {'unpatched t/s':>14} "
+          f"{'cost rec.':>10} {'cost off':>10}")
+    for depth, row in results["depths"].items():
+        print(f"{depth:>6} {row['tg_ts_recording']:14.2f} {row['tg_ts_hooks_off']:14.2f} "
+              f"{row['tg_ts_unpatched']:14.2f} {row['cost_recording']:10.2%} {row['cost_hooks_off']:10.2%}")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _register_overhead(bench) -> None:
+    parser = bench.add_parser("overhead", help="decode throughput with recording on, hooks off, and unpatched")
+    parser.add_argument("--engine", required=True, help="name of a hooked engine build")
+    parser.add_argument("--baseline", help="name of its unpatched twin (default: ENGINE-nohooks)")
+    parser.add_argument("--model", help="GGUF to decode (default: the default model)")
+    parser.add_argument("--depth", type=int, nargs="+", default=[0, 8192], help="context depths")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per arm")
+    parser.add_argument("--n-gen", type=int, default=64, help="tokens generated per run")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object of all figures")
+    parser.add_argument("extra", nargs="*", help="more llama-bench arguments after --, e.g. -- -ngl 99 -fa 1")
+    parser.set_defaults(func=_overhead)
+
+
+def _analysis(args) -> int:
+    sizes = [int(float(s)) for s in args.events.split(",") if s.strip()]
+    results = analysis_bench.run(sizes, Path(args.trace) if args.trace else None, args.engine, Path(args.keep) if args.keep else None)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _register_analysis(bench) -> None:
+    parser = bench.add_parser(
+        "analysis", help="load and doctor time against event count, on copies of a real recorded trace",
+        description="Scales a real recorded trace (copies shifted in time, sequence and step) to each event count "
+                    "and times loading it and running the doctor, each size in a fresh process.")
+    parser.add_argument("--events", default="1e6,1e7", help="event counts, comma-separated (default 1e6,1e7)")
+    parser.add_argument("--trace", help="the real trace to scale (default: record one now with the CPU build)")
+    parser.add_argument("--engine", help="engine build to record the source trace with (default: the CPU build)")
+    parser.add_argument("--keep", help="folder to keep the scaled traces in")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
+    parser.set_defaults(func=_analysis)
+
+
+def _live(args) -> int:
+    result = live_bench.measure(args.model, args.config, args.engine, args.depths, args.steps, args.rounds, args.interval)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    low, high = result["difference_ci_ms"]
+    print(f"model {result['model']}, depths {result['depths']}, {result['steps_per_depth']} steps per depth, "
+          f"{result['rounds']} rounds of each, dashboard refresh every {result['interval_s']} s")
+    print(f"{'condition':<22} {'steps':>6} {'median ms/step':>15}")
+    for mode in ("plain", "dashboard"):
+        label = "without the dashboard" if mode == "plain" else "with the dashboard"
+        print(f"{label:<22} {result['steps'][mode]:>6} {result['median_ms'][mode]:>15.3f}")
+    print(f"difference (with - without): {result['difference_ms']:+.3f} ms ({result['difference_pct']:+.1f}%), "
+          f"95% interval {low:+.3f} to {high:+.3f} ms")
+    print(f"dashboard: {result['refreshes']} refreshes, {result['ms_per_refresh']:.1f} ms of CPU each on average "
+          "(its first refresh and the doctor's runs included)")
+    return 0
+
+
+def _register_live(bench) -> None:
+    parser = bench.add_parser(
+        "live", help="engine step time with the live dashboard open against without it",
+        description="In a Jupyter kernel driven by nbclient (the widget messages really flow), one session decodes "
+                    "the same sweep in alternating rounds, plain and under a live dashboard, and compares the "
+                    "decode step times.")
+    parser.add_argument("--model", default="default", help="GGUF path, or 'default'")
+    parser.add_argument("--config", default="", help="split configuration, as for gpuscope sweep")
+    parser.add_argument("--engine", default=None, help="engine build name or folder (default: the hooked CPU build)")
+    parser.add_argument("--depths", type=depths, default=[0, 256, 512], help="context depths (default 0,256,512)")
+    parser.add_argument("--steps", type=int, default=16, help="decode steps per depth and round (default 16)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of each condition (default 4)")
+    parser.add_argument("--interval", type=float, default=0.25, help="dashboard refresh interval, s (default 0.25)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=_live)

@@ -1,0 +1,1 @@
+"""Exporters: a trace in another tool's format (Perfetto's protobuf trace)."""
