@@ -7,6 +7,9 @@
  *
  * Style rules the Python parser relies on (keep them):
  *   - enums: `enum gpuscope_<name> { GPUSCOPE_<PREFIX>_<VALUE> = <int>, ... };`
+ *   - GPUSCOPE_KINDS(X) lists every member of enum gpuscope_kind once, in its
+ *     order, one `X(<NAME>, <name>)` per line: the kind GPUSCOPE_KIND_<NAME>
+ *     and its payload gpuscope_ev_<name> (the reader checks the pairs).
  *   - payloads: `typedef struct gpuscope_ev_<kind> { <type> <field>; ... } gpuscope_ev_<kind>;`
  *     one field per line, types from <stdint.h> only; a trailing line comment
  *     tells the reader how to decode the column: `// enum: <name>` (values of
@@ -43,6 +46,27 @@ enum gpuscope_kind {
     GPUSCOPE_KIND_COPY             = 16, /* cross-backend input copy */
     GPUSCOPE_KIND_META_PART        = 17, /* tensor split: one device's part of a subgraph submitted */
 };
+
+/* Each kind's name in both cases: the preprocessor cannot change case, and an
+ * emit site names the kind once (GPUSCOPE_EMIT in gpuscope_ring.h). */
+#define GPUSCOPE_KINDS(X) \
+    X(MARK,             mark)              \
+    X(DEVICE_INFO,      device_info)       \
+    X(GALLOCR_REALLOC,  gallocr_realloc)   \
+    X(GALLOCR_BUFFER,   gallocr_buffer)    \
+    X(SCHED_RESERVE,    sched_reserve)     \
+    X(FA_PLAN,          fa_plan)           \
+    X(OP_PLACEMENT,     op_placement)      \
+    X(SYNC,             sync)              \
+    X(BUFFER,           buffer)            \
+    X(DECODE_BEGIN,     decode_begin)      \
+    X(UBATCH,           ubatch)            \
+    X(DECODE_SUBMITTED, decode_submitted)  \
+    X(DECODE_SYNCED,    decode_synced)     \
+    X(SPLIT_BEGIN,      split_begin)       \
+    X(SPLIT_END,        split_end)         \
+    X(COPY,             copy)              \
+    X(META_PART,        meta_part)
 
 enum gpuscope_realloc_reason {
     GPUSCOPE_REALLOC_N_NODES      = 1, /* graph has another node count */

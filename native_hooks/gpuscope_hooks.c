@@ -132,7 +132,7 @@ static void describe_device(ggml_backend_dev_t dev, int16_t index) {
     ev.description  = gpuscope_intern(ggml_backend_dev_description(dev));
     ev.backend      = reg != NULL ? gpuscope_intern(ggml_backend_reg_name(reg)) : 0;
     ev.dev_type     = (uint8_t)ggml_backend_dev_type(dev);
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_DEVICE_INFO, index, ev);
+    GPUSCOPE_EMIT(DEVICE_INFO, index, ev);
 }
 
 int16_t gpuscope_dev_index(ggml_backend_dev_t dev) {
@@ -186,7 +186,7 @@ static void emit_buffer(ggml_backend_buffer_t buffer, uint8_t action, bool from_
     ev.owner         = owner_of(buffer);
     ev.is_host       = buft != NULL && ggml_backend_buft_is_host(buft);
     ev.from_host_ptr = from_host_ptr;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_BUFFER, buft_index(buft), ev);
+    GPUSCOPE_EMIT(BUFFER, buft_index(buft), ev);
 }
 
 uint32_t gpuscope_alloc_mark(void) {
@@ -230,7 +230,7 @@ void gpuscope_gallocr_realloc(const void * galloc, uint8_t reason, uint32_t old_
     ev.tensor      = tensor != NULL ? gpuscope_intern(tensor->name) : 0;
     ev.reason      = reason;
     ev.src_index   = (uint8_t)(src_index < 0 ? 255 : src_index);
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_GALLOCR_REALLOC, -1, ev);
+    GPUSCOPE_EMIT(GALLOCR_REALLOC, -1, ev);
 }
 
 void gpuscope_gallocr_buffer(const void * galloc, ggml_backend_buffer_type_t buft, int buffer_id,
@@ -243,7 +243,7 @@ void gpuscope_gallocr_buffer(const void * galloc, ggml_backend_buffer_type_t buf
     ev.buft      = gpuscope_intern(ggml_backend_buft_name(buft));
     ev.buffer_id = (uint32_t)buffer_id;
     ev.n_chunks  = (uint32_t)n_chunks;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_GALLOCR_BUFFER, buft_index(buft), ev);
+    GPUSCOPE_EMIT(GALLOCR_BUFFER, buft_index(buft), ev);
 }
 
 void gpuscope_sched_reserve(const void * sched, uint8_t trigger, bool backend_ids_changed,
@@ -257,7 +257,7 @@ void gpuscope_sched_reserve(const void * sched, uint8_t trigger, bool backend_id
     ev.n_nodes             = (uint32_t)n_nodes;
     ev.trigger             = trigger;
     ev.backend_ids_changed = backend_ids_changed;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_SCHED_RESERVE, -1, ev);
+    GPUSCOPE_EMIT(SCHED_RESERVE, -1, ev);
 }
 
 /* ---- syncs, splits, copies ---------------------------------------------- */
@@ -276,7 +276,7 @@ void gpuscope_sync_done(uint8_t what, ggml_backend_t backend, ggml_backend_dev_t
         ev.n_needed = tl_eval_needed;
     }
     const int16_t device = backend != NULL ? gpuscope_backend_index(backend) : gpuscope_dev_index(dev);
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_SYNC, device, ev);
+    GPUSCOPE_EMIT(SYNC, device, ev);
 }
 
 int32_t gpuscope_split_enter(const void * sched, int32_t split_id, ggml_backend_t backend,
@@ -293,7 +293,7 @@ int32_t gpuscope_split_enter(const void * sched, int32_t split_id, ggml_backend_
     ev.n_inputs = (uint32_t)n_inputs;
     ev.n_nodes  = (uint32_t)n_nodes;
     ev.cur_copy = (uint8_t)cur_copy;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_SPLIT_BEGIN, gpuscope_backend_index(backend), ev);
+    GPUSCOPE_EMIT(SPLIT_BEGIN, gpuscope_backend_index(backend), ev);
     return previous;
 }
 
@@ -305,7 +305,7 @@ void gpuscope_split_exit(const void * sched, int32_t split_id, ggml_backend_t ba
     ev.duration_ns = (uint64_t)(gpuscope_now_ns() - t_begin);
     ev.split_id    = split_id;
     ev.backend     = gpuscope_intern(ggml_backend_name(backend));
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_SPLIT_END, gpuscope_backend_index(backend), ev);
+    GPUSCOPE_EMIT(SPLIT_END, gpuscope_backend_index(backend), ev);
     tl_split_id = previous_split_id;
 }
 
@@ -325,7 +325,7 @@ static void emit_copy(const struct ggml_tensor * tensor, uint64_t bytes, uint64_
     ev.src_device  = gpuscope_backend_index(src);
     ev.dst_device  = gpuscope_backend_index(dst);
     ev.mode        = mode;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_COPY, ev.dst_device, ev);
+    GPUSCOPE_EMIT(COPY, ev.dst_device, ev);
 }
 
 void gpuscope_copy_done(const struct ggml_tensor * tensor, uint64_t bytes, uint8_t mode,
@@ -343,7 +343,7 @@ void gpuscope_meta_part_done(const void * meta, size_t subgraph, size_t n_subgra
     ev.n_subgraphs = (uint32_t)n_subgraphs;
     ev.n_nodes     = (uint32_t)n_nodes;
     ev.backend     = gpuscope_intern(ggml_backend_name(backend));
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_META_PART, gpuscope_backend_index(backend), ev);
+    GPUSCOPE_EMIT(META_PART, gpuscope_backend_index(backend), ev);
 }
 
 void gpuscope_allreduce_done(struct ggml_tensor * const * nodes, const ggml_backend_t * backends, size_t n,
@@ -419,7 +419,7 @@ void gpuscope_op_placements(ggml_backend_sched_t sched, struct ggml_cgraph * gra
         ev.layer_backend = gpuscope_intern(ggml_backend_dev_name(layer_dev));
         ev.op            = (uint16_t)node->op;
         ev.layer         = (int16_t)il;
-        GPUSCOPE_EMIT(GPUSCOPE_KIND_OP_PLACEMENT, gpuscope_backend_index(backend), ev);
+        GPUSCOPE_EMIT(OP_PLACEMENT, gpuscope_backend_index(backend), ev);
     }
 }
 
@@ -455,7 +455,7 @@ void gpuscope_fa_plan(ggml_backend_dev_t dev, uint32_t compute_capability, const
         return;
     }
     ev.tensor = tensor;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_FA_PLAN, gpuscope_dev_index(dev), ev);
+    GPUSCOPE_EMIT(FA_PLAN, gpuscope_dev_index(dev), ev);
 }
 
 /* ---- decode steps --------------------------------------------------------- */
@@ -494,7 +494,7 @@ void gpuscope_decode_begin(gpuscope_step_state * st, const void * ctx, uint32_t 
     ev.pos_min   = pos_min <= pos_max ? pos_min : -1;
     ev.pos_max   = pos_min <= pos_max ? pos_max : -1;
     ev.kv_used   = kv_used;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_DECODE_BEGIN, -1, ev);
+    GPUSCOPE_EMIT(DECODE_BEGIN, -1, ev);
 }
 
 void gpuscope_decode_ubatch(gpuscope_step_state * st, uint32_t n_tokens, uint32_t n_seqs, uint32_t n_outputs,
@@ -512,7 +512,7 @@ void gpuscope_decode_ubatch(gpuscope_step_state * st, uint32_t n_tokens, uint32_
     ev.n_kv         = n_kv;
     ev.n_nodes      = n_nodes;
     ev.graph_reused = graph_reused;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_UBATCH, -1, ev);
+    GPUSCOPE_EMIT(UBATCH, -1, ev);
 }
 
 void gpuscope_decode_submitted(gpuscope_step_state * st, int status) {
@@ -525,7 +525,7 @@ void gpuscope_decode_submitted(gpuscope_step_state * st, int status) {
     ev.duration_ns = (uint64_t)(gpuscope_now_ns() - st->t_begin_ns);
     ev.n_ubatches  = st->n_ubatches;
     ev.status      = status;
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_DECODE_SUBMITTED, -1, ev);
+    GPUSCOPE_EMIT(DECODE_SUBMITTED, -1, ev);
     st->submitted_step       = st->step;
     st->submitted_t_begin_ns = st->t_begin_ns;
     st->step = 0;
@@ -541,6 +541,6 @@ void gpuscope_decode_synced(gpuscope_step_state * st, int64_t t_wait_begin) {
     ev.step        = st->submitted_step;
     ev.duration_ns = (uint64_t)(now - st->submitted_t_begin_ns);
     ev.wait_ns     = (uint64_t)(now - t_wait_begin);
-    GPUSCOPE_EMIT(GPUSCOPE_KIND_DECODE_SYNCED, -1, ev);
+    GPUSCOPE_EMIT(DECODE_SYNCED, -1, ev);
     st->submitted_step = 0;
 }

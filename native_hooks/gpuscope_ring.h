@@ -111,9 +111,29 @@ extern void * volatile gpuscope_active;
 
 #define GPUSCOPE_ENABLED() GPUSCOPE_UNLIKELY(GPUSCOPE_ACTIVE() != NULL)
 
-/* GPUSCOPE_EMIT(KIND_SUFFIX, device, payload_struct_lvalue) */
+/* gpuscope_payload_<NAME>: kind <NAME>'s payload type, reachable from the one name GPUSCOPE_EMIT gets. */
+#define GPUSCOPE_PAYLOAD_TYPEDEF_(NAME, name) typedef gpuscope_ev_##name gpuscope_payload_##NAME;
+GPUSCOPE_KINDS(GPUSCOPE_PAYLOAD_TYPEDEF_)
+#undef GPUSCOPE_PAYLOAD_TYPEDEF_
+
+/* &ev as a const type *; ev of any other type is a compile error, not the
+ * warning an incompatible pointer argument gets in C. */
+#ifdef __cplusplus
+#  define GPUSCOPE_CHECKED_PAYLOAD_(type, ev) static_cast<const type *>(&(ev))
+#else
+#  define GPUSCOPE_CHECKED_PAYLOAD_(type, ev) _Generic((ev), type: &(ev))
+#endif
+
+/* GPUSCOPE_EMIT(SYNC, device, ev) writes ev, a gpuscope_ev_sync lvalue, as a
+ * GPUSCOPE_KIND_SYNC record. `kind` is only ever pasted, so a macro of the
+ * same name (SYNC, COPY) elsewhere cannot change it. */
 #define GPUSCOPE_EMIT(kind, device, ev) \
-    do { if (GPUSCOPE_ENABLED()) gpuscope_emit_slow((uint16_t)(kind), (int16_t)(device), &(ev), sizeof(ev)); } while (0)
+    do { \
+        if (GPUSCOPE_ENABLED()) \
+            gpuscope_emit_slow(GPUSCOPE_KIND_##kind, (int16_t)(device), \
+                               GPUSCOPE_CHECKED_PAYLOAD_(gpuscope_payload_##kind, ev), \
+                               sizeof(gpuscope_payload_##kind)); \
+    } while (0)
 
 /* Nanoseconds on CLOCK_MONOTONIC (what record timestamps use). */
 int64_t gpuscope_now_ns(void);

@@ -9,6 +9,7 @@ tests/test_schema_agreement.py compiles the headers and checks every size and of
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ _DEFINE = re.compile(r"^#define\s+(GPUSCOPE_\w+)\s+\(?\s*(0x[0-9A-Fa-f]+|\d+)(?:
 _DEFINE_SHIFT = re.compile(r"^#define\s+(GPUSCOPE_\w+)\s+\((\d+)u?(?:LL|ULL)?\s*<<\s*(\d+)\)", re.M)
 _ENUM = re.compile(r"enum\s+gpuscope_(\w+)\s*\{(.*?)\};", re.S)
 _ENUM_MEMBER = re.compile(r"^\s*(GPUSCOPE_\w+)\s*=\s*(-?\d+)\s*,?", re.M)
+_KIND_LIST = re.compile(r"^#define\s+GPUSCOPE_KINDS\(X\)((?:.*\\\n)*.*)$", re.M)
+_KIND_ENTRY = re.compile(r"X\(\s*(\w+)\s*,\s*(\w+)\s*\)")
 _STRUCT = re.compile(r"typedef\s+struct\s+(gpuscope_\w+)\s*\{(.*?)\}\s*\1\s*;", re.S)
 _FIELD = re.compile(
     r"^\s*(?P<type>\w+)\s+(?P<name>\w+)\s*(?:\[(?P<count>\w+)\])?\s*;"
@@ -154,14 +157,25 @@ def parse_headers(*texts: str) -> Schema:
     kinds = enums.pop("kind")
     members = {m: v for enum_members in members_by_enum.values() for m, v in enum_members}
     schema = Schema(constants, enums, structs, kinds, members)
-    _check(schema)
+    kind_list = _KIND_LIST.search(text)
+    if kind_list is None:
+        raise ValueError("no GPUSCOPE_KINDS(X) list")
+    _check(schema, _KIND_ENTRY.findall(kind_list[1]))
     return schema
 
 
-def _check(schema: Schema) -> None:
+def _check(schema: Schema, kind_list: list[tuple[str, str]]) -> None:
     """Refuse a header that breaks the rules the reader relies on."""
     if schema.structs["gpuscope_record"].size != schema.record_size:
         raise ValueError("gpuscope_record is not GPUSCOPE_RECORD_SIZE bytes")
+    # The list is what ties a kind id to its payload type in C: a wrong pair lets one kind's payload be written
+    # under another kind's id.
+    listed = [f"X({upper}, {lower})" for upper, lower in kind_list]
+    expected = [f"X({name.upper()}, {name})" for name in schema.kinds.values()]
+    for found, wanted in itertools.zip_longest(listed, expected, fillvalue="nothing"):
+        if found != wanted:
+            raise ValueError(f"GPUSCOPE_KINDS(X) must list every kind of enum gpuscope_kind, in order, with its "
+                             f"payload: {wanted} expected where it has {found}")
     for kind_name in schema.kinds.values():
         payload = schema.structs.get(f"gpuscope_ev_{kind_name}")
         if payload is None:

@@ -70,7 +70,7 @@ static void next_mark(struct worker * w) {
 static void emit_batch(struct worker * w, unsigned n) {
     for (unsigned i = 0; i < n; i++) {
         next_mark(w);
-        GPUSCOPE_EMIT(GPUSCOPE_KIND_MARK, -1, w->ev);
+        GPUSCOPE_EMIT(MARK, -1, w->ev);
     }
 }
 

@@ -108,7 +108,7 @@ static void * produce(void * arg) {
         const uint64_t value = (index << 40) | k;
         ev.value  = (int64_t)value;
         ev.value2 = (int64_t)(value * CHECKSUM_MULTIPLIER);
-        GPUSCOPE_EMIT(GPUSCOPE_KIND_MARK, -1, ev);
+        GPUSCOPE_EMIT(MARK, -1, ev);
 
         const uint64_t done = k + 1;
         if (index == 0 && done == opts.abort_after) {
