@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
 _HUBER_K = 1.345  # 95% efficiency under normal noise, bounded influence of outliers (stalls, preemptions)
@@ -199,3 +200,25 @@ def bootstrap_median_difference(a: np.ndarray, b: np.ndarray, *, confidence: flo
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(diff, [tail, 100 - tail])
     return float(np.median(b) - np.median(a)), float(low), float(high)
+
+
+def stratified_saving(before: pd.DataFrame, after: pd.DataFrame, *, confidence: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """What `after` saves against `before` per step: the mean over strata (column `stratum`, e.g. the context
+    depth) of median(before) - median(after) of `value`, with a percentile bootstrap interval that resamples each
+    stratum of each side on its own. Only strata both sides measured count: each weighs the same, as each depth
+    of a sweep decodes the same number of steps."""
+    strata = sorted(set(before["stratum"]) & set(after["stratum"]))
+    if not strata:
+        raise ValueError("the two sides share no stratum to compare")
+    rng = np.random.default_rng(seed)
+    estimate, draws = 0.0, np.zeros(resamples)
+    for stratum in strata:
+        a = before.loc[before["stratum"] == stratum, "value"].to_numpy(np.float64)
+        b = after.loc[after["stratum"] == stratum, "value"].to_numpy(np.float64)
+        estimate += np.median(a) - np.median(b)
+        draws += (np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1)
+                  - np.median(b[rng.integers(0, len(b), (resamples, len(b)))], axis=1))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws / len(strata), [tail, 100 - tail])
+    return float(estimate / len(strata)), float(low), float(high)

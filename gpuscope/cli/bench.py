@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gpuscope.bench import analysis as analysis_bench
+from gpuscope.bench import doctor as doctor_bench
 from gpuscope.bench import live as live_bench
 from gpuscope.bench import overhead as overhead_bench
 from gpuscope.bench import ring as ring_bench
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     _register_overhead(bench)
     _register_analysis(bench)
     _register_live(bench)
+    _register_doctor(bench)
 
 
 def _ring(args) -> int:
@@ -142,3 +144,42 @@ def _register_live(bench) -> None:
     parser.add_argument("--interval", type=float, default=0.25, help="dashboard refresh interval, s (default 0.25)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_live)
+
+
+def _doctor(args) -> int:
+    results = doctor_bench.run(find_build(args.engine), args.rounds)
+    print(f"{'scenario':<46} {'rule':<24} {'found':<6} {'predicted':>10} {'measured (95% CI)':>26} {'within':<7}")
+    for result in results:
+        measured = result.measured
+        shown = "-" if not measured else f"{measured['saving_ms']:.3g}" + (
+            f" ({measured['ci_ms'][0]:.3g} to {measured['ci_ms'][1]:.3g})" if measured.get("ci_ms") else "")
+        predicted = "-" if result.predicted_ms is None else f"{result.predicted_ms:.3g}"
+        within = {None: "-", True: "yes", False: "no"}[result.within_target]
+        found = "-" if result.rule is None else "yes" if result.found else "no"
+        print(f"{result.scenario:<46} {result.rule or '(clean)':<24} {found:<6} {predicted:>10} {shown:>26} "
+              f"{within:<7}")
+        for alarm in result.false_alarms:
+            print(f"    false alarm, {alarm}")
+    for name, why in doctor_bench.NOT_ON_CPU.items():
+        print(f"{name:<46} not run on the CPU engine: {why}")
+    problems = [r for r in results if r.rule is not None]
+    timed = [r for r in results if r.within_target is not None]
+    print(f"\nproblems found by their rule: {sum(r.found is not None for r in problems)} of {len(problems)}; "
+          f"false warnings or criticals: {sum(len(r.false_alarms) for r in results)}; predicted savings within "
+          f"30% (or 3 points of the step) of the measured: {sum(bool(r.within_target) for r in timed)} of "
+          f"{len(timed)} (milliseconds per decode step or per generated token; {args.rounds} interleaved rounds)")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], default=str))
+    return 0
+
+
+def _register_doctor(bench) -> None:
+    parser = bench.add_parser(
+        "doctor", help="the doctor against the fix: scenario pairs on the CPU engine, predicted against measured",
+        description="Runs each scenario's problem and its fix in interleaved rounds on the hooked CPU engine "
+                    "(a synthetic tiny llama, one thread, two local RPC devices) and prints, per scenario, whether "
+                    "its rule found the problem, the predicted and the measured saving, and every false alarm.")
+    parser.add_argument("--engine", default=None, help="hooked CPU engine build (default: the default build)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (default 3)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
+    parser.set_defaults(func=_doctor)

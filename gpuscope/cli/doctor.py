@@ -1,15 +1,16 @@
-"""`gpuscope doctor TRACE [--json]`: what is wrong in a trace, the evidence, and what to try."""
+"""`gpuscope doctor TRACE [--json] [--verify]`: what is wrong in a trace, the evidence, what to try, and (with
+--verify) what the first remedy saves when it is run."""
 from __future__ import annotations
 
-from gpuscope.cli.options import add_analysis_options, analysis_from_args
+from gpuscope.cli.options import add_analysis_options, add_verify_options, analysis_from_args, verified_findings
 from gpuscope.doctor.findings import findings_json
-from gpuscope.doctor.rules import diagnose, headline
+from gpuscope.doctor.rules import headline
 from gpuscope.doctor.summary import config_lines, summary_lines
 
 
 def _run(args) -> int:
     analysis = analysis_from_args(args.trace, args)
-    findings = diagnose(analysis)
+    findings = verified_findings(analysis, args)
     if args.json:
         print(findings_json(findings))
         return 0
@@ -36,4 +37,5 @@ def register(subparsers) -> None:
     parser.add_argument("trace", help="trace folder (from gpuscope record, a session or a sweep)")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON (stable rule ids)")
     add_analysis_options(parser)
+    add_verify_options(parser)
     parser.set_defaults(func=_run)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from gpuscope.analysis.bandwidth import measure_copy_bandwidth
 from gpuscope.analysis.facade import Analysis
+from gpuscope.doctor.rules import diagnose
 from gpuscope.errors import GpuscopeError
+from gpuscope.runs.verify import DEFAULT_ROUNDS, verify
 
 
 def parse_bandwidth(items: list[str] | None) -> dict[str, float]:
@@ -44,6 +46,22 @@ def add_analysis_options(parser) -> None:
     parser.add_argument("--measure-bandwidth", action="store_true",
                         help="measure this machine's host copy bandwidth for the CPU device (only meaningful "
                              "for traces recorded on this machine)")
+
+
+def add_verify_options(parser) -> None:
+    parser.add_argument("--verify", action="store_true",
+                        help="re-run the trace's workload with each finding's first remedy, interleaved with the "
+                             "recorded configuration, and report the measured saving with its 95%% interval")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                        help=f"interleaved rounds per remedy with --verify (default {DEFAULT_ROUNDS})")
+
+
+def verified_findings(analysis: Analysis, args) -> list:
+    """The doctor's findings, verified by running their remedies when --verify was given."""
+    findings = diagnose(analysis)
+    if args.verify:
+        verify(analysis, findings, rounds=args.rounds, model=args.model)
+    return findings
 
 
 def depths(text: str) -> list[int]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuscope.cli.options import add_analysis_options, analysis_from_args, output_path
+from gpuscope.cli.options import (add_analysis_options, add_verify_options, analysis_from_args, output_path,
+                                  verified_findings)
 from gpuscope.plots import standard_figures
 from gpuscope.report.report import write_report
 from gpuscope.report.static import export_pdf, export_png
@@ -16,7 +17,7 @@ def _run(args) -> int:
     if args.pdf:
         output_path(args.pdf)
     analysis = analysis_from_args(args.trace, args)
-    out = write_report(analysis, args.output, title=args.title)
+    out = write_report(analysis, args.output, title=args.title, findings=verified_findings(analysis, args))
     print(f"report: {out.resolve()}")
     if args.png:
         for path in export_png(standard_figures(analysis), args.png):
@@ -38,4 +39,5 @@ def register(subparsers) -> None:
     parser.add_argument("--png", metavar="DIR", type=Path, help="also write each figure as DIR/<figure>.png")
     parser.add_argument("--pdf", metavar="FILE", type=Path, help="also print the report to a PDF file")
     add_analysis_options(parser)
+    add_verify_options(parser)
     parser.set_defaults(func=_run)

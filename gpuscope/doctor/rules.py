@@ -38,6 +38,12 @@ def _percent(share: float) -> str:
     return f"{share:.0%}" if share >= 0.01 else f"{share * 100:.2g}%"
 
 
+def _setting(a, key: str):
+    """A setting of the one configuration `a` holds, as its maker recorded it (None: not recorded, or several)."""
+    configs = a.trace.meta.get("configs") or []
+    return configs[0].get(key) if len(configs) == 1 else None
+
+
 # -- trace health ---------------------------------------------------------------------------------------------------
 
 @rule("trace.lost-events", scope="trace")
@@ -213,9 +219,9 @@ def fa_route_none(a) -> list[Finding]:
     other_kv = "use a KV cache type with a kernel here (f16, or q8_0 with a build that has it)"
     rebuild = "build the engine with the kernels for this head size / architecture"
     if reasons[0] == "kv_type" and not f16_kv:
-        actions = [other_kv, turn_off, rebuild]
+        actions, remedy = [other_kv, turn_off, rebuild], {"type_k": "f16", "type_v": "f16"}
     else:  # a head size, GQA ratio, mask or architecture with no kernel: the KV type is not the problem
-        actions = [turn_off, rebuild] + ([] if f16_kv else [other_kv])
+        actions, remedy = [turn_off, rebuild] + ([] if f16_kv else [other_kv]), {"flash_attn": "off"}
     return [Finding(
         severity="critical",
         statement=f"FlashAttention has no kernel for {len(shapes)} attention shape(s) "
@@ -233,7 +239,7 @@ def fa_route_none(a) -> list[Finding]:
                "mask_broadcast": "the mask is broadcast over heads (mask->ne[2] != 1)",
                "compiled_out": "the build has no FlashAttention kernels",
                "arch": "no kernel for this GPU architecture"}.get(reasons[0], "see the reason column"),
-        actions=actions, share=None, rows=none, rows_kind="fa_plan")]
+        actions=actions, share=None, remedy=remedy, rows=none, rows_kind="fa_plan")]
 
 
 @rule("placement.off-device")
@@ -347,7 +353,8 @@ def cross_device_copies(a) -> list[Finding]:
     kv = placed[placed["owner"] == "kv"].groupby("location")["bytes"].sum()
     weights = placed[placed["owner"] == "weights"].groupby("location")["bytes"].sum().drop(labels=["CPU"],
                                                                                        errors="ignore")
-    if stored_pattern and stored["tensor"].str.startswith("cache_").any() and len(kv):
+    kv_elsewhere = stored_pattern and stored["tensor"].str.startswith("cache_").any() and len(kv)
+    if kv_elsewhere:
         cause = (f"the KV cache is on {', '.join(kv.index)} while the layers' weights are on "
                  f"{', '.join(weights.index) or 'the CPU'}: the attention of every layer reads it across devices "
                  "every step")
@@ -376,7 +383,8 @@ def cross_device_copies(a) -> list[Finding]:
         actions=["keep the KV cache with its layers (drop --no-kv-offload / offload_kqv=false)",
                  "keep weights on the device of the layer that reads them (check --override-tensor rules)",
                  "use fewer devices, or a split with fewer device boundaries"],
-        share=share, rows=stored if len(stored) else events, rows_kind="copy")]
+        share=share, rows=stored if len(stored) else events, rows_kind="copy",
+        remedy={"offload_kqv": True} if kv_elsewhere and _setting(a, "offload_kqv") is False else None)]
 
 
 # -- step time against context and the bandwidth floor ---------------------------------------------------------------
@@ -443,7 +451,7 @@ def context_growth(a) -> list[Finding]:
                      "compare the FA plans at short and long context (Analysis.fa_plans, fa_route_changes)",
                      "check the breakpoints' events"],
             share=share, rows=a.fits[(a.fits["config"] == fit.config) & (a.fits["n_tokens"] == fit.n_tokens)],
-            rows_kind="fit"))
+            rows_kind="fit", remedy={"flash_attn": "on"} if _setting(a, "flash_attn") != "on" else None))
     return findings
 
 
@@ -569,14 +577,13 @@ def slower_configs(a) -> list[Finding]:
                                                                             in diff.items()) if diff else ""),
                      "read this configuration's own findings for the mechanism"],
             share=share, saving_ns=row.ms_behind * 1e6, config=row.config, phase="decode",
+            remedy={key: best for key, (_, best) in diff.items()} or None,
             rows=table[table["config"] == row.config], rows_kind="configurations"))
     return findings
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
     return frame.to_dict(orient="records") if len(frame) else []
-
-
 
 
 def diagnose(analysis) -> list[Finding]:
@@ -605,8 +612,10 @@ def headline(analysis, findings: list[Finding]) -> str:
     if timed:
         best = max(timed, key=lambda f: f.saving_ns)
         where = f"`{best.config}`: " if best.config else ""
+        measured = best.verified and best.verified.get("saving_ms") is not None
+        checked = f"; verified: {best.verified_text()}" if measured else ""
         return f"{where}{best.statement}. First try: {best.actions[0]} ({best.saving_text()}, " \
-               f"{best.evidence.get('saving_method', 'estimated')})."
+               f"{best.evidence.get('saving_method', 'estimated')}{checked})."
     serious = [f for f in findings if f.severity != "info"]
     if serious:
         f = serious[0]

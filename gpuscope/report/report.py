@@ -59,8 +59,13 @@ def _finding(f) -> str:
         label = f"{f.rows_kind} rows" if f.rows_kind else "rows"
         rows = (f"<details><summary>{esc(label)} behind it ({len(f.rows)})</summary>"
                 f"{table(f.rows, max_rows=50)}</details>")
+    checked = ""
+    if f.verified is not None:
+        predicted = f.saving_text() or "no estimate"
+        checked = (f"<p><b>Predicted:</b> {esc(predicted)} &middot; <b>Verified:</b> {esc(f.verified_text())}</p>")
     return (f"<div class='finding {esc(f.severity)}'><h3><span class='badge {esc(f.severity)}'>{esc(f.severity)}"
             f"</span><code>{esc(f.id)}</code><span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
+            f"{checked}"
             f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
             f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
 
@@ -164,10 +169,11 @@ def _health(a: Analysis) -> str:
     return pairs([(key, h.get(key)) for key in keys])
 
 
-def report_html(analysis: Analysis, *, title: str | None = None) -> str:
-    """The report of one trace as an HTML string."""
+def report_html(analysis: Analysis, *, title: str | None = None, findings: list | None = None) -> str:
+    """The report of one trace as an HTML string; `findings`: the doctor's, verified or not (default: diagnosed
+    here)."""
     a = analysis
-    findings = diagnose(a)
+    findings = diagnose(a) if findings is None else findings
     name = Path(str(a.trace.path)).name if a.trace.path else "trace"
     figures = standard_figures(a)
     plots = "".join(f"<h3>{esc(_FIGURE_TITLES.get(key, key))}</h3>{figure_div(fig)}" for key, fig in figures.items())
@@ -186,11 +192,12 @@ def report_html(analysis: Analysis, *, title: str | None = None) -> str:
 
 
 def write_report(trace: Analysis | Trace | str | os.PathLike, out: str | os.PathLike, *, title: str | None = None,
-                 **analysis_options) -> Path:
+                 findings: list | None = None, **analysis_options) -> Path:
     """Write the report of a trace (a path, a Trace or an Analysis) to `out`; returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_html(as_analysis(trace, **analysis_options), title=title), encoding="utf-8")
+    out.write_text(report_html(as_analysis(trace, **analysis_options), title=title, findings=findings),
+                   encoding="utf-8")
     return out
 
 
