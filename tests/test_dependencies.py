@@ -32,6 +32,8 @@ sys.meta_path.insert(0, Hide())
 import gpuscope
 failed = {}
 for module in pkgutil.walk_packages(gpuscope.__path__, "gpuscope."):
+    if module.name.endswith(".__main__"):  # runs the command line when imported: `python -m gpuscope.cli`
+        continue
     try:
         importlib.import_module(module.name)
     except Exception as exc:

@@ -71,7 +71,9 @@ def config_table(steps: pd.DataFrame, fits: pd.DataFrame, floor: pd.DataFrame | 
 
 def slower_configs(table: pd.DataFrame) -> pd.DataFrame:
     """Per configuration that is slower than the fastest beyond the noise (`separated`) at some depth: those depths,
-    its smallest and largest slowdown there and the time per token it gives away (median over those depths)."""
+    its smallest and largest slowdown there and the time per token it gives away (median over those depths);
+    `never_fastest` (it is the fastest at none of its depths) and over all its depths the mean time per token and
+    the mean it gives away (`ms_per_token_mean`, `ms_behind_mean`: what a sweep's steps, as many per depth, cost)."""
     rows = []
     for config, group in table.groupby("config", sort=False):
         behind = group[group["separated"]]
@@ -81,6 +83,10 @@ def slower_configs(table: pd.DataFrame) -> pd.DataFrame:
                      "depths_measured": int(len(group)), "slowdown_min": float(behind["slowdown"].min()),
                      "slowdown_max": float(behind["slowdown"].max()),
                      "ms_per_token": float(behind["ms_per_token"].median()),
-                     "ms_behind": float(behind["ms_behind"].median())})
+                     "ms_behind": float(behind["ms_behind"].median()),
+                     "never_fastest": bool((group["rank"] > 1).all()),
+                     "ms_per_token_mean": float(group["ms_per_token"].mean()),
+                     "ms_behind_mean": float(group["ms_behind"].clip(lower=0).mean())})
     return pd.DataFrame(rows, columns=["config", "fastest", "depths", "depths_measured", "slowdown_min",
-                                       "slowdown_max", "ms_per_token", "ms_behind"])
+                                       "slowdown_max", "ms_per_token", "ms_behind", "never_fastest",
+                                       "ms_per_token_mean", "ms_behind_mean"])

@@ -5,8 +5,9 @@ measured, and every warning or critical on the clean and fixed runs (each one a 
 
 Scenarios: clean decode; chat-like prefill-heavy requests; the KV cache on the host under a layer split over two
 RPC devices, alone and as one sweep of both configurations; an eval callback capturing three layers (the capture
-workload decodes the same steps without it, side by side); speculation with a draft that never agrees (random
-weights) and with one that agrees well (the target's own q8_0 copy), against the target decoding alone. Partial
+workload decodes the same steps without it, side by side; on the CPU it costs next to nothing, so the doctor must
+stay quiet); speculation with a draft that never agrees (random weights) and with one that agrees well but costs
+what the target costs (the target's own q8_0 copy), against the target decoding alone. Partial
 offload and FlashAttention with no kernel need a GPU (the CPU backend has every FA kernel and no device to offload
 layers to): they are listed as not run.
 """
@@ -171,13 +172,17 @@ def scenarios(model: Path, build: Build, workdir: Path) -> list[Scenario]:
                  _sweep(model, build, layers), measure=paired_saving),
         Scenario("the same two configurations as one sweep", "config.slower", _sweep(model, build, layers, host),
                  _sweep(model, build, layers), measure=_slow_part(host.label, paired_saving)),
-        Scenario("an eval callback capturing three layers", "sync.eval-callback", _capture(model, build), None,
-                 measure=captured_saving),
+        # on the CPU the scheduler's waits for a callback are no-ops: the capture costs next to nothing, and the
+        # doctor must say nothing more than it measured
+        Scenario("an eval callback capturing three layers (CPU: no device to wait for)", None,
+                 _capture(model, build), None, measure=captured_saving),
         Scenario("speculation with a draft that never agrees", "speculation.net-effect",
                  _speculation(model, build, random_draft, 48), _speculation(model, build, None, 48),
                  measure=per_token_saving),
-        Scenario("speculation with the target's own q8_0 copy", None, _speculation(model, build, q8_copy, 96),
-                 _speculation(model, build, None, 96), measure=per_token_saving),
+        # the q8_0 copy agrees on most drafts but costs about what the target does: speculation loses all the same
+        Scenario("speculation with the target's own q8_0 copy", "speculation.net-effect",
+                 _speculation(model, build, q8_copy, 96), _speculation(model, build, None, 96),
+                 measure=per_token_saving),
     ]
 
 
@@ -188,9 +193,8 @@ def _slow_part(label: str, measure: Callable) -> Callable:
     return measured
 
 
-def _alarms(findings: list[Finding], expected: str | None, run: str) -> list[str]:
-    return [f"{run}: {f.id} ({f.severity}, {f.config})" for f in findings
-            if f.severity != "info" and f.id != expected]
+def _alarms(findings: list[Finding], run: str) -> list[str]:
+    return [f"{run}: {f.id} ({f.severity}, {f.config})" for f in findings if f.severity != "info"]
 
 
 def run_scenario(scenario: Scenario, rounds: int) -> Result:
@@ -199,10 +203,11 @@ def run_scenario(scenario: Scenario, rounds: int) -> Result:
     problem = combine(pieces["problem"], {"source": "bench doctor", "scenario": scenario.name})
     findings = diagnose(Analysis(problem))
     found = next((f for f in findings if f.id == scenario.rule and f.severity != "info"), None)
-    alarms = _alarms(findings, scenario.rule, "problem run")
+    # a problem run may show the problem to several rules; a clean run shows nothing
+    alarms = _alarms(findings, "clean run") if scenario.rule is None else []
     if scenario.fix is not None:
         fixed = combine(pieces["fix"], {"source": "bench doctor", "scenario": f"{scenario.name}, fixed"})
-        alarms += _alarms(diagnose(Analysis(fixed)), None, "fixed run")
+        alarms += _alarms(diagnose(Analysis(fixed)), "fixed run")
     measured = scenario.measure(pieces["problem"], pieces.get("fix", [])) if scenario.measure else None
     return Result(scenario.name, scenario.rule, found, measured, alarms)
 

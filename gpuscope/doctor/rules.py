@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
+from gpuscope.analysis.verdict import decode_steps
 from gpuscope.doctor.findings import Finding
 from gpuscope.doctor.registry import RULES, rule
 from gpuscope.doctor.speculation import speculation_net_effect  # noqa: F401 (importing it registers its rule)
@@ -328,7 +329,9 @@ def eval_callback_syncs(a) -> list[Finding]:
 
 @rule("copies.cross-device")
 def cross_device_copies(a) -> list[Finding]:
-    steps = a.complete_steps
+    # decode steps where the trace has them: a long fill's copies are a prefill cost, and what a remedy saves is
+    # measured per decode step
+    steps = decode_steps(a.steps) if len(decode_steps(a.steps)) else a.complete_steps
     per_step = a.copies[a.copies["step"].isin(steps["step"])]
     if not len(per_step) or not per_step["copies"].any():
         return []
@@ -550,8 +553,12 @@ def slower_configs(a) -> list[Finding]:
     table = a.config_table
     labels = {str(c.get("label")) for c in a.trace.meta.get("configs") or []}
     for row in a.slower_configs.itertuples():
-        if len(row.depths) < row.depths_measured or row.slowdown_min < SLOWER_RATIO:
-            continue  # fastest at some depth, or within the noise of reruns
+        mine = table[table["config"] == row.config]
+        clearly = mine[mine["separated"] & (mine["slowdown"] >= SLOWER_RATIO)]
+        # the fastest at some depth, or slower by more than reruns vary at fewer than half of its depths (at short
+        # context, a KV cache in the wrong place costs little: the verdict rests on the depths where it shows)
+        if not row.never_fastest or 2 * len(clearly) < row.depths_measured:
+            continue
         diff = _settings_diff(a, row.config, row.fastest)
         if not diff and {row.config, row.fastest} <= labels:
             continue  # the same settings measured apart: the machine's drift between the runs, not a verdict
@@ -559,24 +566,27 @@ def slower_configs(a) -> list[Finding]:
         top = budgets[row.config]
         why = "; ".join(f"{k}={here!r} where `{row.fastest}` has {best!r}" for k, (here, best) in diff.items()) \
             or "the trace does not record how the two configurations differ"
-        share = row.ms_behind / row.ms_per_token
+        share = row.ms_behind_mean / row.ms_per_token_mean
+        slowdown = [float(clearly["slowdown"].min()), float(clearly["slowdown"].max())]
         findings.append(Finding(
             severity="critical" if share >= 0.5 else "warning",
-            statement=f"{_ratio(row.slowdown_min, row.slowdown_max)} slower than the fastest configuration at each of "
-                      f"its {row.depths_measured} depth(s) (`{row.fastest}` at most; median {row.ms_per_token:.3g} ms "
-                      f"per token, {row.ms_behind:.3g} ms more); it differs from `{row.fastest}` in: {why}",
-            evidence={"fastest": row.fastest, "depths": row.depths, "slowdown": [row.slowdown_min, row.slowdown_max],
-                      "ms_per_token": row.ms_per_token, "ms_behind_per_token": row.ms_behind, "settings": diff,
+            statement=f"{_ratio(*slowdown)} slower than the fastest configuration at {len(clearly)} of its "
+                      f"{row.depths_measured} depth(s) and never the fastest (`{row.fastest}` at most; "
+                      f"{row.ms_per_token_mean:.3g} ms per token, {row.ms_behind_mean:.3g} ms more, over its depths); "
+                      f"it differs from `{row.fastest}` in: {why}",
+            evidence={"fastest": row.fastest, "depths": clearly["depth"].tolist(), "slowdown": slowdown,
+                      "ms_per_token": row.ms_per_token_mean, "ms_behind_per_token": row.ms_behind_mean,
+                      "settings": diff,
                       "budget_top": {c: {r.category: float(r.share) for r in b.itertuples()}
                                      for c, b in budgets.items()},
-                      "saving_method": f"measured in this trace: `{row.fastest}`'s median time per token at the "
-                                       "same depths"},
+                      "saving_method": f"measured in this trace: over its depths, the mean of its median time "
+                                       f"per token above the fastest configuration's (`{row.fastest}` at most)"},
             cause=(f"its top costs are {', '.join(f'{r.category} {r.share:.0%}' for r in top.itertuples())}"
                    if len(top) else "see its own findings"),
             actions=[f"use `{row.fastest}`'s settings" + (": " + ", ".join(f"{k}={best!r}" for k, (_, best)
                                                                             in diff.items()) if diff else ""),
                      "read this configuration's own findings for the mechanism"],
-            share=share, saving_ns=row.ms_behind * 1e6, config=row.config, phase="decode",
+            share=share, saving_ns=row.ms_behind_mean * 1e6, config=row.config, phase="decode",
             remedy={key: best for key, (_, best) in diff.items()} or None,
             rows=table[table["config"] == row.config], rows_kind="configurations"))
     return findings
@@ -593,14 +603,16 @@ def diagnose(analysis) -> list[Finding]:
     findings = [f for registered in RULES if registered.scope == "trace" for f in registered(analysis)]
     for config in analysis.configs or [None]:
         part = analysis.of_config(config) if config is not None else analysis
-        wall = part.complete_steps["wall_ns"]
+        decode = decode_steps(part.steps)
+        wall = (decode if len(decode) else part.complete_steps)["wall_ns"]
         for registered in RULES:
             if registered.scope != "config":
                 continue
             for finding in registered(part):
                 finding.config = finding.config or config
                 if finding.share is not None and finding.saving_ns is None and len(wall):
-                    finding.saving_ns = finding.share * float(wall.mean())  # shares are of the steps' total time
+                    # a share of the steps' total time, as a time per decode step where the trace has them
+                    finding.saving_ns = finding.share * float(wall.mean())
                 findings.append(finding)
     return sorted(findings, key=lambda f: f.sort_key)
 
