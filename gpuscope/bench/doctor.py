@@ -9,10 +9,13 @@ workload decodes the same steps without it, side by side; on the CPU it costs ne
 stay quiet); speculation with a draft that never agrees (random weights) and with one that agrees well but costs
 what the target costs (the target's own q8_0 copy), against the target decoding alone. Partial
 offload and FlashAttention with no kernel need a GPU (the CPU backend has every FA kernel and no device to offload
-layers to): they are listed as not run.
+layers to): with a CUDA build (`--engine cuda`) the GPU set runs instead, on a synthetic 1B: clean decode, chat-like
+requests, 8 of 16 layers on the GPU against all of them, a head size with no FlashAttention kernel against FA off,
+the KV cache on the host, an eval callback capturing three layers, speculation with a random draft.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -35,10 +38,10 @@ from gpuscope.session.config import SplitConfig
 from gpuscope.session.protocol import open_session
 from gpuscope.session.workloads import capture_hidden_states, speculative
 from gpuscope.trace.combine import combine
-from gpuscope.trace.model import Trace
+from gpuscope.trace.model import Trace, save_trace
 
-MODEL_SHAPE = "tiny"
-DEPTHS = [0, 512, 1024]
+CPU_SHAPE = "tiny"
+GPU_SHAPE = "1b"  # 16 layers, 2048 wide, head size 64, f16: 2.5 GB
 STEPS = 16
 PROMPT = "The history of the printing press begins in"
 NOT_ON_CPU = {"partial offload": "the CPU engine has no device to offload layers to",
@@ -81,13 +84,26 @@ class Result:
                 "measured": self.measured, "within_target": self.within_target, "false_alarms": self.false_alarms}
 
 
-def _config(name: str, **settings) -> SplitConfig:
-    return SplitConfig(n_threads=1, n_ctx=2048, name=name, **settings)
+@dataclass(frozen=True)
+class Setting:
+    """What a scenario runs on: the model, the engine build, every configuration's base settings, the depths."""
+
+    model: Path
+    build: Build
+    base: dict
+    depths: tuple[int, ...]
+
+    def config(self, name: str, **settings) -> SplitConfig:
+        return SplitConfig(name=name, **{**self.base, **settings})
 
 
-def _sweep(model: Path, build: Build, *configs: SplitConfig) -> Callable[[int], Trace]:
-    return lambda round_index: sweep(list(configs), model, engine=build.root, depths=DEPTHS, n_steps=STEPS,
-                                     progress=False, seed=round_index)
+CPU_BASE = {"n_threads": 1, "n_ctx": 2048}  # one engine thread: the 2-core machine keeps a core for the rest
+GPU_BASE = {"n_gpu_layers": 99, "flash_attn": "on", "n_ctx": 8192}
+
+
+def _sweep(setting: Setting, *configs: SplitConfig) -> Callable[[int], Trace]:
+    return lambda round_index: sweep(list(configs), setting.model, engine=setting.build.root,
+                                     depths=list(setting.depths), n_steps=STEPS, progress=False, seed=round_index)
 
 
 def chat_requests(session, seed: int) -> None:
@@ -99,17 +115,17 @@ def chat_requests(session, seed: int) -> None:
             session.decode([token])
 
 
-def _chat(model: Path, build: Build) -> Callable[[int], Trace]:
+def _chat(setting: Setting) -> Callable[[int], Trace]:
     def run(round_index: int) -> Trace:
-        with open_session(model, _config("chat"), engine=build.root) as session:
+        with open_session(setting.model, setting.config("chat"), engine=setting.build.root) as session:
             session.run(chat_requests, round_index)
             return session.trace(workload={"name": "chat"})
     return run
 
 
-def _capture(model: Path, build: Build) -> Callable[[int], Trace]:
+def _capture(setting: Setting) -> Callable[[int], Trace]:
     def run(round_index: int) -> Trace:
-        with open_session(model, _config("eval callback"), engine=build.root) as session:
+        with open_session(setting.model, setting.config("eval callback"), engine=setting.build.root) as session:
             return capture_hidden_states(session, r"l_out-[012]$", depth=512, n_steps=STEPS, keep_data=False)[0]
     return run
 
@@ -134,10 +150,11 @@ def plain_decoding(session, n_tokens: int) -> None:
         token = session.argmax()
 
 
-def _speculation(model: Path, build: Build, draft: Path | None, n_tokens: int) -> Callable[[int], Trace]:
+def _speculation(setting: Setting, draft: Path | None, n_tokens: int) -> Callable[[int], Trace]:
     def run(round_index: int) -> Trace:
         name = "target alone" if draft is None else f"draft {draft.stem}"
-        with open_session(model, _config(name), engine=build.root, draft_model=draft) as session:
+        with open_session(setting.model, setting.config(name), engine=setting.build.root,
+                          draft_model=draft) as session:
             if draft is None:
                 session.run(plain_decoding, n_tokens)
                 return session.trace(workload={"name": "plain"})
@@ -158,31 +175,54 @@ def per_token_saving(problem: list[Trace], fix: list[Trace]) -> dict:
             "before_ms": float(np.mean(speculated)), "after_ms": float(np.mean(alone))}
 
 
-def scenarios(model: Path, build: Build, workdir: Path) -> list[Scenario]:
-    layers = _config("kv with layers", devices=("rpc:0", "rpc:1"))
-    host = _config("kv on host", devices=("rpc:0", "rpc:1"), offload_kqv=False)
+def cpu_scenarios(build: Build, workdir: Path) -> list[Scenario]:
+    cpu = Setting(synth_model(CPU_SHAPE), build, CPU_BASE, (0, 512, 1024))
+    layers = cpu.config("kv with layers", devices=("rpc:0", "rpc:1"))
+    host = cpu.config("kv on host", devices=("rpc:0", "rpc:1"), offload_kqv=False)
     q8_copy = workdir / "target-q8_0.gguf"
-    subprocess.run([str(build.program("llama-quantize")), str(model), str(q8_copy), "Q8_0", "1"], check=True,
+    subprocess.run([str(build.program("llama-quantize")), str(cpu.model), str(q8_copy), "Q8_0", "1"], check=True,
                    capture_output=True)
-    random_draft = synth_model(MODEL_SHAPE, seed=1)  # the target's shape, other random weights: agrees by chance
+    random_draft = synth_model(CPU_SHAPE, seed=1)  # the target's shape, other random weights: agrees by chance
     return [
-        Scenario("clean decode", None, _sweep(model, build, _config("clean")), None),
-        Scenario("chat-like prefill-heavy requests", None, _chat(model, build), None),
-        Scenario("KV on the host under a layer split", "copies.cross-device", _sweep(model, build, host),
-                 _sweep(model, build, layers), measure=paired_saving),
-        Scenario("the same two configurations as one sweep", "config.slower", _sweep(model, build, layers, host),
-                 _sweep(model, build, layers), measure=_slow_part(host.label, paired_saving)),
+        Scenario("clean decode", None, _sweep(cpu, cpu.config("clean")), None),
+        Scenario("chat-like prefill-heavy requests", None, _chat(cpu), None),
+        Scenario("KV on the host under a layer split", "copies.cross-device", _sweep(cpu, host), _sweep(cpu, layers),
+                 measure=paired_saving),
+        Scenario("the same two configurations as one sweep", "config.slower", _sweep(cpu, layers, host),
+                 _sweep(cpu, layers), measure=_slow_part(host.label, paired_saving)),
         # on the CPU the scheduler's waits for a callback are no-ops: the capture costs next to nothing, and the
         # doctor must say nothing more than it measured
-        Scenario("an eval callback capturing three layers (CPU: no device to wait for)", None,
-                 _capture(model, build), None, measure=captured_saving),
+        Scenario("an eval callback on three layers (CPU: no wait)", None, _capture(cpu), None,
+                 measure=captured_saving),
         Scenario("speculation with a draft that never agrees", "speculation.net-effect",
-                 _speculation(model, build, random_draft, 48), _speculation(model, build, None, 48),
-                 measure=per_token_saving),
+                 _speculation(cpu, random_draft, 48), _speculation(cpu, None, 48), measure=per_token_saving),
         # the q8_0 copy agrees on most drafts but costs about what the target does: speculation loses all the same
         Scenario("speculation with the target's own q8_0 copy", "speculation.net-effect",
-                 _speculation(model, build, q8_copy, 96), _speculation(model, build, None, 96),
-                 measure=per_token_saving),
+                 _speculation(cpu, q8_copy, 96), _speculation(cpu, None, 96), measure=per_token_saving),
+    ]
+
+
+def gpu_scenarios(build: Build, workdir: Path) -> list[Scenario]:
+    gpu = Setting(synth_model(GPU_SHAPE), build, GPU_BASE, (0, 2048, 4096))
+    # 32 heads of 48 (1536 wide): a head size with no FlashAttention kernel on sm_90 (the field notes: 14.7 ms per
+    # step with FA on against 1.4 ms with it off)
+    no_kernel = Setting(synth_model(f"{GPU_SHAPE},n_embd=1536"), build, GPU_BASE, gpu.depths)
+    all_layers, partial = gpu.config("all layers"), gpu.config("8 of 16 layers", n_gpu_layers=8)
+    random_draft = synth_model(f"{GPU_SHAPE},n_layer=2", seed=1)  # the target's vocabulary, random weights
+    return [
+        Scenario("clean decode", None, _sweep(gpu, gpu.config("clean")), None),
+        Scenario("chat-like prefill-heavy requests", None, _chat(gpu), None),
+        Scenario("partial offload, as one sweep with all layers", "config.slower", _sweep(gpu, all_layers, partial),
+                 _sweep(gpu, all_layers), measure=_slow_part(partial.label, paired_saving)),
+        Scenario("FlashAttention with no kernel (head size 48)", "fa.route-none",
+                 _sweep(no_kernel, no_kernel.config("fa on")),
+                 _sweep(no_kernel, no_kernel.config("fa off", flash_attn="off")), measure=paired_saving),
+        Scenario("KV cache on the host", "copies.cross-device", _sweep(gpu, gpu.config("kv on host", offload_kqv=False)),
+                 _sweep(gpu, gpu.config("kv on the GPU")), measure=paired_saving),
+        Scenario("an eval callback capturing three layers", "sync.eval-callback", _capture(gpu), None,
+                 measure=captured_saving),
+        Scenario("speculation with a draft that never agrees", "speculation.net-effect",
+                 _speculation(gpu, random_draft, 48), _speculation(gpu, None, 48), measure=per_token_saving),
     ]
 
 
@@ -197,7 +237,7 @@ def _alarms(findings: list[Finding], run: str) -> list[str]:
     return [f"{run}: {f.id} ({f.severity}, {f.config})" for f in findings if f.severity != "info"]
 
 
-def run_scenario(scenario: Scenario, rounds: int) -> Result:
+def run_scenario(scenario: Scenario, rounds: int, keep: Path | None = None) -> Result:
     arms = {"problem": scenario.problem} | ({"fix": scenario.fix} if scenario.fix else {})
     pieces = interleaved(arms, rounds, say=f"gpuscope bench doctor: {scenario.name}")
     problem = combine(pieces["problem"], {"source": "bench doctor", "scenario": scenario.name})
@@ -209,10 +249,17 @@ def run_scenario(scenario: Scenario, rounds: int) -> Result:
         fixed = combine(pieces["fix"], {"source": "bench doctor", "scenario": f"{scenario.name}, fixed"})
         alarms += _alarms(diagnose(Analysis(fixed)), "fixed run")
     measured = scenario.measure(pieces["problem"], pieces.get("fix", [])) if scenario.measure else None
+    if keep is not None:
+        name = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")
+        save_trace(problem, keep / f"{name}.trace")
+        if scenario.fix is not None:
+            save_trace(fixed, keep / f"{name}-fixed.trace")
     return Result(scenario.name, scenario.rule, found, measured, alarms)
 
 
-def run(build: Build, rounds: int) -> list[Result]:
-    model = synth_model(MODEL_SHAPE)
+def run(build: Build, rounds: int, keep: Path | None = None) -> list[Result]:
+    """Every scenario of the build's backend (CPU or GPU); `keep`: a folder to save each scenario's problem and
+    fixed runs in, as traces."""
+    make = cpu_scenarios if build.meta["backend"] == "cpu" else gpu_scenarios
     with tempfile.TemporaryDirectory(prefix="gpuscope-bench-doctor-") as folder:
-        return [run_scenario(scenario, rounds) for scenario in scenarios(model, build, Path(folder))]
+        return [run_scenario(scenario, rounds, keep) for scenario in make(build, Path(folder))]

@@ -12,7 +12,7 @@ from gpuscope.bench import doctor as doctor_bench
 from gpuscope.bench import live as live_bench
 from gpuscope.bench import overhead as overhead_bench
 from gpuscope.bench import ring as ring_bench
-from gpuscope.cli.options import command_group, depths
+from gpuscope.cli.options import command_group, depths, output_path
 from gpuscope.engine.build import find_build
 
 
@@ -147,7 +147,8 @@ def _register_live(bench) -> None:
 
 
 def _doctor(args) -> int:
-    results = doctor_bench.run(find_build(args.engine), args.rounds)
+    build = find_build(args.engine)
+    results = doctor_bench.run(build, args.rounds, output_path(args.keep, folder=True) if args.keep else None)
     print(f"{'scenario':<46} {'rule':<24} {'found':<6} {'predicted':>10} {'measured (95% CI)':>26} {'within':<7}")
     for result in results:
         measured = result.measured
@@ -160,8 +161,9 @@ def _doctor(args) -> int:
               f"{within:<7}")
         for alarm in result.false_alarms:
             print(f"    false alarm, {alarm}")
-    for name, why in doctor_bench.NOT_ON_CPU.items():
-        print(f"{name:<46} not run on the CPU engine: {why}")
+    if build.meta["backend"] == "cpu":
+        for name, why in doctor_bench.NOT_ON_CPU.items():
+            print(f"{name:<46} not run on the CPU engine: {why}")
     problems = [r for r in results if r.rule is not None]
     timed = [r for r in results if r.within_target is not None]
     print(f"\nproblems found by their rule: {sum(r.found is not None for r in problems)} of {len(problems)}; "
@@ -177,9 +179,11 @@ def _register_doctor(bench) -> None:
     parser = bench.add_parser(
         "doctor", help="the doctor against the fix: scenario pairs on the CPU engine, predicted against measured",
         description="Runs each scenario's problem and its fix in interleaved rounds on the hooked CPU engine "
-                    "(a synthetic tiny llama, one thread, two local RPC devices) and prints, per scenario, whether "
-                    "its rule found the problem, the predicted and the measured saving, and every false alarm.")
-    parser.add_argument("--engine", default=None, help="hooked CPU engine build (default: the default build)")
+                    "(a synthetic tiny llama, one thread, two local RPC devices), or with a CUDA build the GPU set "
+                    "(a synthetic 1B), and prints, per scenario, whether its rule found the problem, the predicted "
+                    "and the measured saving, and every false alarm.")
+    parser.add_argument("--engine", default=None, help="hooked engine build, CPU or CUDA (default: the CPU build)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (default 3)")
+    parser.add_argument("--keep", metavar="DIR", help="save each scenario's problem and fixed runs as traces in DIR")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
     parser.set_defaults(func=_doctor)
