@@ -19,7 +19,7 @@ import pandas as pd
 STEP_COLUMNS = [
     "step", "run", "config", "ctx", "tid", "begin_ns", "end_ns", "wall_ns", "submit_ns", "wait_ns", "idle_ns",
     "n_tokens", "n_outputs", "n_seqs", "pos_min", "pos_max", "kv_used", "context", "n_kv", "n_ubatches",
-    "n_nodes", "graph_reused", "status", "complete", "cold_start",
+    "n_nodes", "graph_reused", "status", "complete", "cold_start", "role",
 ]
 
 _FAR_FUTURE = np.iinfo(np.int64).max
@@ -108,6 +108,7 @@ def step_table(decode_begin: pd.DataFrame, ubatch: pd.DataFrame, decode_submitte
     session_ids = (pd.Series(main_process(decode_begin_all)["in_step"].to_numpy(), index=_ints(decode_begin, "step"))
                    if "in_step" in decode_begin_all.columns else None)
     steps["config"] = _config_labels(steps, session_steps, session_ids, meta)
+    steps["role"] = _roles(steps, session_steps, session_ids)
     steps = steps.sort_values(["begin_ns", "step"], kind="stable").reset_index(drop=True)
     # a context's first step, or one on an empty cache (a warm-up run, a new prompt), pays one-time costs
     steps["cold_start"] = ~steps.duplicated(["run", "ctx"], keep="first") | (steps["kv_used"] == 0)
@@ -116,7 +117,18 @@ def step_table(decode_begin: pd.DataFrame, ubatch: pd.DataFrame, decode_submitte
 
 _STEP_DTYPES = {"config": "object", "wall_ns": "float64", "submit_ns": "float64", "wait_ns": "float64",
                 "idle_ns": "float64", "n_kv": "float64", "n_nodes": "float64", "n_ubatches": "float64",
-                "graph_reused": "object", "status": "float64", "complete": "bool", "cold_start": "bool"}
+                "graph_reused": "object", "status": "float64", "complete": "bool", "cold_start": "bool",
+                "role": "object"}
+
+
+def _roles(steps: pd.DataFrame, session_steps: pd.DataFrame | None, session_ids: pd.Series | None) -> pd.Series:
+    """Which model of the session decoded each step: 'target', or 'draft' for speculative decoding's draft
+    (a program's steps, and a session's of one model, are all the target's)."""
+    target = pd.Series("target", index=steps.index, dtype=object)
+    if session_steps is None or session_ids is None or "role" not in session_steps.columns:
+        return target
+    roles = session_steps.drop_duplicates("step", keep="last").set_index("step")["role"].astype(str)
+    return steps["step"].map(session_ids).map(roles).fillna(target)
 
 
 def _config_labels(steps: pd.DataFrame, session_steps: pd.DataFrame | None, session_ids: pd.Series | None,

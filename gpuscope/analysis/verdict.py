@@ -37,6 +37,8 @@ def config_table(steps: pd.DataFrame, fits: pd.DataFrame, floor: pd.DataFrame | 
     """One row per (configuration, depth) of decode steps, ranked within each depth (1: fastest); `slowdown` is the
     ratio to the fastest configuration at that depth, `ms_behind` the difference per token."""
     decode = decode_steps(steps)
+    if "role" in decode.columns:  # a draft model's steps are part of its target's configuration, not one to rank
+        decode = decode[decode["role"].fillna("target").astype(str) == "target"]
     if not len(decode):
         return pd.DataFrame(columns=_COLUMNS)
     decode = decode.assign(depth=decode.groupby("config", sort=False)["context"].transform(depths))
