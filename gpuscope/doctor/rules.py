@@ -287,6 +287,54 @@ def off_device(a) -> list[Finding]:
         share=None, rows=fallback, rows_kind="op_placement", phase=phase)]
 
 
+# a decode step on the host's layers below this share is not worth moving them for: clean GPU runs keep the CPU split
+# (the output head, sampling glue) under 2%
+PARTIAL_OFFLOAD_SHARE = 0.10
+
+
+@rule("placement.partial-offload")
+def partial_offload(a) -> list[Finding]:
+    layers = int((a.trace.meta.get("model") or {}).get("n_layer") or 0)
+    asked = _setting(a, "n_gpu_layers")
+    if not layers or asked is None or asked < 0 or asked >= layers:
+        return []
+    decode = decode_steps(a.steps)
+    budget = a.budget.set_index("step").reindex(decode["step"]).dropna(how="all")
+    gpu_splits = [c for c in budget.columns if c.startswith("split:") and c != "split:CPU"]
+    if not len(budget) or "split:CPU" not in budget.columns or not gpu_splits:
+        return []
+    step_ms, host_ms = budget["wall_ns"].mean() / 1e6, budget["split:CPU"].mean() / 1e6
+    if host_ms < PARTIAL_OFFLOAD_SHARE * step_ms:
+        return []
+    on_host = layers - asked
+    # the host's layers would cost on the device what its own layers cost there, per layer
+    device_ms = float(budget[gpu_splits].sum(axis=1).mean() / 1e6) * on_host / max(asked, 1)
+    saving_ms = max(host_ms - device_ms, 0.0)
+    placed = a.memory_placement
+    weights = placed[placed["owner"] == "weights"].groupby("location")["bytes"].sum()
+    device = weights.drop(labels=["CPU"], errors="ignore")
+    per_layer = float(device.sum()) / max(asked, 1)
+    free = a.devices.set_index("device")["memory_free"].dropna() if len(a.devices) else pd.Series(dtype=float)
+    fits = {name: int(bytes_free // per_layer) for name, bytes_free in free.items() if per_layer}
+    room = (", ".join(f"{name} has room for about {n} more" for name, n in fits.items()) if fits else
+            "the trace records no free device memory: check that the rest fits")
+    return [Finding(
+        severity="critical" if saving_ms >= 0.5 * step_ms else "warning",
+        statement=f"{on_host} of {layers} layers run on the host: the CPU's part takes {host_ms:.3g} of "
+                  f"{step_ms:.3g} ms per decode step",
+        evidence={"layers": layers, "n_gpu_layers": asked, "host_ms_per_step": host_ms, "step_ms": step_ms,
+                  "device_ms_per_step_for_those_layers": device_ms, "weight_bytes_per_layer": per_layer,
+                  "weights_by_location": {k: int(v) for k, v in weights.items()}, "layers_that_fit": fits,
+                  "saving_method": "the CPU split's time per decode step, less what the device takes for as many "
+                                   "of its own layers"},
+        cause=f"n_gpu_layers={asked} keeps {on_host} layers (their weights and KV) on the host, which reads them at "
+              f"its own memory bandwidth every step; {room}",
+        actions=["offload every layer (n_gpu_layers=-1 / -ngl 99) if the weights fit, else as many as fit",
+                 "a smaller KV cache type or context frees device memory for more layers"],
+        share=saving_ms / step_ms, saving_ns=saving_ms * 1e6, phase="decode", remedy={"n_gpu_layers": -1},
+        rows=budget.reset_index(), rows_kind="budget")]
+
+
 # -- syncs ----------------------------------------------------------------------------------------------------------
 
 @rule("sync.eval-callback")
