@@ -16,6 +16,7 @@ from gpuscope.doctor.speculation import SLOWER_MARGIN, speculation_net_effect
 from gpuscope.errors import SessionError
 from gpuscope.models import synth_model
 from gpuscope.session import Session, SplitConfig, speculative
+from gpuscope.session.workloads import plain_loop
 from gpuscope.session.assemble import combine_traces
 from gpuscope.trace.model import Trace
 
@@ -23,14 +24,6 @@ PROMPT = "The history of the printing press begins in"
 PLAIN_TOKENS = 128
 SPEC_TOKENS = {"random draft": 48, "q8_0 draft": 192}  # rounds of one token and of five
 DRAFT_MAX = 4
-
-
-def plain_loop(session, n_tokens: int) -> None:
-    session.decode(session.tokenize(PROMPT), phase="prefill")
-    token = session.argmax()
-    for _ in range(n_tokens):
-        session.decode([token])
-        token = session.argmax()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ def runs(engine_build, tiny_model, tmp_path_factory) -> dict[str, Trace]:
         with Session(tiny_model, SplitConfig(n_ctx=512, n_threads=1, name=name), engine=engine_build,
                      draft_model=draft) as session:
             if draft is None:
-                session.run(plain_loop, PLAIN_TOKENS)
+                session.run(plain_loop, PROMPT, PLAIN_TOKENS)
                 traces[name] = session.trace()
             else:
                 traces[name] = speculative(session, PROMPT, n_tokens=SPEC_TOKENS[name], draft_max=DRAFT_MAX)

@@ -36,7 +36,7 @@ from gpuscope.runs.sweep import sweep
 from gpuscope.runs.verify import paired_saving
 from gpuscope.session.config import SplitConfig
 from gpuscope.session.protocol import open_session
-from gpuscope.session.workloads import capture_hidden_states, speculative
+from gpuscope.session.workloads import capture_hidden_states, plain_loop, speculative
 from gpuscope.trace.combine import combine
 from gpuscope.trace.model import Trace, save_trace
 
@@ -141,22 +141,13 @@ def captured_saving(problem: list[Trace], _fix: list[Trace]) -> dict:
             "after_ms": float(np.median(plain))}
 
 
-def plain_decoding(session, n_tokens: int) -> None:
-    """The target alone: the prompt, then one token at a time."""
-    session.decode(session.tokenize(PROMPT), phase="prefill")
-    token = session.argmax()
-    for _ in range(n_tokens):
-        session.decode([token])
-        token = session.argmax()
-
-
 def _speculation(setting: Setting, draft: Path | None, n_tokens: int) -> Callable[[int], Trace]:
     def run(round_index: int) -> Trace:
         name = "target alone" if draft is None else f"draft {draft.stem}"
         with open_session(setting.model, setting.config(name), engine=setting.build.root,
                           draft_model=draft) as session:
             if draft is None:
-                session.run(plain_decoding, n_tokens)
+                session.run(plain_loop, PROMPT, n_tokens)
                 return session.trace(workload={"name": "plain"})
             return speculative(session, PROMPT, n_tokens=n_tokens, draft_max=4)
     return run

@@ -101,6 +101,15 @@ def speculative_loop(session, prompt: str | Sequence[int], n_tokens: int, draft_
     return rounds
 
 
+def plain_loop(session, prompt: str | Sequence[int], n_tokens: int) -> None:
+    """The target alone, what speculation is measured against: the prompt, then `n_tokens` greedy tokens one at a
+    time."""
+    session.decode(session.tokenize(prompt) if isinstance(prompt, str) else list(prompt), phase="prefill")
+    token = session.argmax()
+    for _ in range(n_tokens):
+        token = _plain_step(session, token)
+
+
 def _plain_step(session, token: int) -> int:
     """The target alone: decode `token`, return the next greedy one."""
     session.decode([token], role="target", phase="decode")
