@@ -14,7 +14,8 @@ from gpuscope.analysis import Analysis
 from gpuscope.cli import main
 from gpuscope.doctor.rules import diagnose, headline
 from gpuscope.runs.sweep import sweep
-from gpuscope.runs.verify import command_with, verify
+from gpuscope.runs.record import record
+from gpuscope.runs.verify import command_with, measure_remedy, verify, workload_of
 from gpuscope.session import SplitConfig
 from gpuscope.trace.model import load_trace
 
@@ -112,3 +113,15 @@ def test_equal_configurations_give_no_verdict_against_either(tiny_model, engine_
     assert analysis.configs == ["first", "second"]
     assert not [f for f in diagnose(analysis) if f.id == "config.slower"], [f.to_text() for f in diagnose(analysis)]
     assert not [f for f in diagnose(analysis) if f.severity != "info"]
+
+
+def test_a_recorded_llama_bench_is_rerun_with_the_flag_changed(engine_build, tiny_model, tmp_path) -> None:
+    """The command path of verify on a real program: llama-bench recorded with FlashAttention on, measured against
+    the same command with `-fa 0`, one round each."""
+    command = [str(engine_build.program("llama-bench")), "-m", str(tiny_model), "-p", "0", "-n", "32", "-r", "1",
+               "-t", "1", "-fa", "1"]
+    trace = record(command, tmp_path / "bench.trace", quiet=True)
+    measured = measure_remedy(workload_of(trace), None, {"flash_attn": "off"}, rounds=1)
+    assert measured["remedy_label"] == "flash_attn=off" and measured["steps"]["before"] >= 16
+    assert measured["before_ms"] > 0 and measured["after_ms"] > 0
+    assert measured["workload"].endswith("-fa 1`")
