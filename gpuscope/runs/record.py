@@ -39,7 +39,7 @@ from gpuscope.session.processes import die_with_parent, how_it_ended
 from gpuscope.trace.model import Trace
 from gpuscope.trace.model_bytes import command_model
 from gpuscope.trace.recover import COMPLETE, IN_PROGRESS, check_trace_path, claim, publish, recover_abandoned, release
-from gpuscope.trace.ringtap import RingCollector, ring_dir, signal_name
+from gpuscope.trace.ringtap import RingTap, ring_dir, signal_name
 from gpuscope.trace.standalone import standalone_meta
 from gpuscope.version import __version__
 
@@ -157,7 +157,7 @@ class _Recording:
     def __init__(self, command: list[str], program: str, out: Path, ring_path: Path, engine_meta: dict,
                  quiet: bool):
         self.command, self.out, self.quiet = command, out, quiet
-        self.collector = RingCollector(ring_path)
+        self.tap = RingTap(ring_path)
         self.started = time.time()
         self.meta = {
             "gpuscope_version": __version__, "source": "record", "command": command, "program": program,
@@ -193,7 +193,7 @@ class _Recording:
                 self._stop(process, signum, when)
             if time.monotonic() - self._flushed_at >= max(_FLUSH_INTERVAL_S, self._flush_cost / _FLUSH_SHARE):
                 self.save_progress()
-            silent = self.collector.reader is None and self.ring_error is None
+            silent = self.tap.reader is None and self.ring_error is None
             if silent and not self._warned and time.time() - self.started > _SILENT_WARNING_S:
                 self._warned = True
                 self.say(f"gpuscope record: {no_events_advice(self.command, _SILENT_WARNING_S)}")
@@ -224,7 +224,7 @@ class _Recording:
         if self.ring_error is not None:
             return
         try:
-            self.collector.poll()
+            self.tap.poll()
         except RingError as exc:
             self.ring_error = str(exc)
             self.say(f"gpuscope record: stopped reading the ring: {exc}")
@@ -243,13 +243,13 @@ class _Recording:
     def save_progress(self, check: bool = False) -> None:
         """Rewrite the trace with what was read so far. A failure mid-run is reported and retried later (the events
         are still here and in the ring); `check`: the first write, whose failure stops the recording."""
-        reader = self.collector.reader
+        reader = self.tap.reader
         if not check and (reader is None or reader.read == self._flushed_read):
             self._flushed_at = time.monotonic()
             return
         began = time.monotonic()
         self._drain()
-        tables, ring_meta = self.collector.snapshot(drain=False)
+        tables, ring_meta = self.tap.snapshot(drain=False)
         try:
             self._publish(tables, ring_meta, duration_s=time.time() - self.started)
             self._flushed_read = ring_meta.get("read", 0)
@@ -262,7 +262,7 @@ class _Recording:
 
     def finish(self, returncode: int, stdout_text: str | None) -> Trace:
         self._drain()
-        tables, ring_meta = self.collector.finish(drain=False)
+        tables, ring_meta = self.tap.finish(drain=False)
         extra = {"exit": how_it_ended(returncode), "recording": {**self.meta["recording"], "state": COMPLETE}}
         if self.interrupted is not None:
             extra["interrupted"] = self.interrupted
@@ -274,7 +274,7 @@ class _Recording:
             trace = self._publish(tables, ring_meta, duration_s=time.time() - self.started, **extra)
         except OSError as exc:
             raise RecordError(f"cannot write the trace {self.out} ({exc}); the events are still in "
-                              f"{self.collector.path}: `gpuscope record --from-ring {self.collector.path} --out "
+                              f"{self.tap.path}: `gpuscope record --from-ring {self.tap.path} --out "
                               f"{self.out}` makes it") from None
         if not self.quiet:
             summarize(trace)

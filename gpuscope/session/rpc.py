@@ -20,7 +20,7 @@ from pathlib import Path
 from gpuscope.errors import RpcServerError
 from gpuscope.session.processes import die_with_parent, how_it_ended
 from gpuscope.session.scratch import new_ring_path, new_rpc_folder
-from gpuscope.trace.ringtap import RingCollector
+from gpuscope.trace.ringtap import RingTap
 
 _START_ATTEMPTS = 3
 
@@ -114,7 +114,7 @@ class LocalRpcServers:
         self.startup_timeout_s = startup_timeout_s
         self.rings_owner = rings_owner
         self.servers: list[RpcServer] = []
-        self.collectors: dict[str, RingCollector] = {}
+        self.taps: dict[str, RingTap] = {}
         self._scratch = new_rpc_folder()
 
     @property
@@ -126,7 +126,7 @@ class LocalRpcServers:
             for index in range(self.count):
                 server = self._start_one(index)
                 self.servers.append(server)
-                self.collectors[server.name] = RingCollector(server.ring_path)
+                self.taps[server.name] = RingTap(server.ring_path)
         except BaseException:
             self.finish()
             raise
@@ -168,8 +168,8 @@ class LocalRpcServers:
 
     def poll(self) -> None:
         """Drain every server's ring (call often enough that a long run does not lap a ring)."""
-        for collector in self.collectors.values():
-            collector.poll()
+        for tap in self.taps.values():
+            tap.poll()
 
     def dead(self) -> list[RpcServer]:
         return [server for server in self.servers if server.process.poll() is not None]
@@ -194,7 +194,7 @@ class LocalRpcServers:
         self.stop()
         results: dict[str, dict] = {}
         for server in self.servers:
-            tables, ring_meta = self.collectors[server.name].finish()
+            tables, ring_meta = self.taps[server.name].finish()
             results[server.name] = {"pid": server.process.pid, "endpoint": server.endpoint, "tables": tables,
                                     "ring": ring_meta, "exit": server.exit_info()}
             server.ring_path.unlink(missing_ok=True)

@@ -38,7 +38,7 @@ from gpuscope.session.model_info import ModelInfo, read_model_info
 from gpuscope.session.rpc import LocalRpcServers
 from gpuscope.session.scratch import new_ring_path, remove_leftovers
 from gpuscope.trace.model import Trace, save_trace
-from gpuscope.trace.ringtap import RingCollector
+from gpuscope.trace.ringtap import RingTap
 from gpuscope.trace.standalone import standalone_meta
 
 _POLL_INTERVAL_NS = 50_000_000  # drain rings at most every 50 ms between steps
@@ -270,7 +270,7 @@ class Session:
         self.devices: list[Device] | None = None
         self.engine = Engine.acquire(self.build, Path(ring_path) if ring_path else None, ring_capacity)
         self.engine.verbose = verbose
-        self._main = RingCollector(self.engine.ring_path)
+        self._main = RingTap(self.engine.ring_path)
         if collect_events:
             self._main.skip_existing()
         # the engine (and its ring) outlives sessions in one process: this session's live view starts here
@@ -516,7 +516,7 @@ class Session:
                 processes.update(self._rpc.finish())
             else:
                 for server in self._rpc.servers:
-                    server_tables, server_ring = self._rpc.collectors[server.name].snapshot()
+                    server_tables, server_ring = self._rpc.taps[server.name].snapshot()
                     processes[server.name] = {"pid": server.process.pid, "tables": server_tables,
                                               "ring": server_ring, "endpoint": server.endpoint}
         return processes

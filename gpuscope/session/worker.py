@@ -35,7 +35,7 @@ from gpuscope.session.rpc import spawn
 from gpuscope.session.scratch import new_ring_path, remove_leftovers
 from gpuscope.session.session import Session
 from gpuscope.trace.model import Trace, save_trace
-from gpuscope.trace.ringtap import RingCollector
+from gpuscope.trace.ringtap import RingTap
 
 _POLL_INTERVAL_S = 0.05
 
@@ -140,7 +140,7 @@ class IsolatedSession:
         self._rows: list[dict] = []
         self._tags: dict = {}
         self._listeners: list[Callable[[dict], None]] = []
-        self._collectors: dict[str, RingCollector] = {"main": RingCollector(self.ring_path)}
+        self._taps: dict[str, RingTap] = {"main": RingTap(self.ring_path)}
         self._pids: dict[str, int] = {}
         self._endpoints: dict[str, str] = {}
         self._exit: dict | None = None
@@ -161,7 +161,7 @@ class IsolatedSession:
         for name, process in ready["processes"].items():
             self._pids[name] = process["pid"]
             if name != "main":
-                self._collectors[name] = RingCollector(Path(process["ring"]))
+                self._taps[name] = RingTap(Path(process["ring"]))
                 self._endpoints[name] = process["endpoint"]
 
     # -- talking to the worker -----------------------------------------------------------------------------------
@@ -223,8 +223,8 @@ class IsolatedSession:
         now = time.monotonic()
         if force or now - self._last_poll >= _POLL_INTERVAL_S:
             self._last_poll = now
-            for collector in self._collectors.values():
-                collector.poll()
+            for tap in self._taps.values():
+                tap.poll()
 
     # -- the Session API -----------------------------------------------------------------------------------------
 
@@ -288,7 +288,7 @@ class IsolatedSession:
         return self._ring_reader
 
     def processes(self) -> dict[str, dict]:
-        return {name: {"pid": pid, "ring": str(self._collectors[name].path)} for name, pid in self._pids.items()}
+        return {name: {"pid": pid, "ring": str(self._taps[name].path)} for name, pid in self._pids.items()}
 
     def meta(self) -> dict:
         meta = {**self._meta, "isolated": True}
@@ -307,8 +307,8 @@ class IsolatedSession:
 
     def _snapshot(self) -> dict[str, dict]:
         processes = {}
-        for name, collector in self._collectors.items():
-            tables, ring = collector.snapshot()
+        for name, tap in self._taps.items():
+            tables, ring = tap.snapshot()
             processes[name] = {"pid": self._pids.get(name, 0), "tables": tables, "ring": ring}
             if name in self._endpoints:
                 processes[name]["endpoint"] = self._endpoints[name]
@@ -319,14 +319,14 @@ class IsolatedSession:
         if self._final is not None:
             return
         self._final = {}
-        for name, collector in self._collectors.items():
-            tables, ring = collector.finish()
+        for name, tap in self._taps.items():
+            tables, ring = tap.finish()
             self._final[name] = {"pid": self._pids.get(name, 0), "tables": tables, "ring": ring}
             if name in self._endpoints:
                 self._final[name]["endpoint"] = self._endpoints[name]
             if name in self._server_exits:
                 self._final[name]["exit"] = self._server_exits[name]
-            collector.path.unlink(missing_ok=True)
+            tap.path.unlink(missing_ok=True)
         if self._ring_reader is not None:
             self._ring_reader.close()
 

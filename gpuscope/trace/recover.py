@@ -23,7 +23,7 @@ import pandas as pd
 from gpuscope.errors import GpuscopeError
 from gpuscope.ring.reader import RingReader
 from gpuscope.trace.model import Trace, load_trace, save_trace
-from gpuscope.trace.ringtap import RingCollector
+from gpuscope.trace.ringtap import RingTap
 from gpuscope.version import __version__
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -192,7 +192,7 @@ def recover_ring(ring: str | os.PathLike, out: str | os.PathLike, *, keep_ring: 
     before = partial.meta["ring"] if partial is not None else {}
     if partial is not None:  # the tickets the recorder already took (read or counted lost)
         reader.skip_to(min(int(before.get("read", 0)) + int(before.get("lost", 0)), reader.status.written))
-    tables, ring_meta = RingCollector(ring, reader).finish()
+    tables, ring_meta = RingTap(ring, reader).finish()
     added = int(ring_meta["read"])
     ring_meta["read"] += int(before.get("read", 0))
     ring_meta["lost"] += int(before.get("lost", 0))
