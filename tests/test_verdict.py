@@ -5,16 +5,17 @@ that saving, and `--verify` measures it too, the problem and its fix interleaved
 configurations gives no verdict against either. A few minutes."""
 from __future__ import annotations
 
-import pytest
-
 import json
 import shutil
 
+import pytest
+
+import gpuscope
 from gpuscope.analysis import Analysis
 from gpuscope.cli import main
 from gpuscope.doctor.rules import diagnose, headline
-from gpuscope.runs.sweep import sweep
 from gpuscope.runs.record import record
+from gpuscope.runs.sweep import sweep
 from gpuscope.runs.verify import command_with, measure_remedy, verify, workload_of
 from gpuscope.session import SplitConfig
 from gpuscope.trace.model import load_trace
@@ -125,3 +126,17 @@ def test_a_recorded_llama_bench_is_rerun_with_the_flag_changed(engine_build, tin
     assert measured["remedy_label"] == "flash_attn=off" and measured["steps"]["before"] >= 16
     assert measured["before_ms"] > 0 and measured["after_ms"] > 0
     assert measured["workload"].endswith("-fa 1`")
+
+
+def test_the_dashboard_verifies_a_finished_sweep(tiny_model, engine_build) -> None:
+    """The dashboard's Verify button: a sweep drawn live, then its remedies measured and shown beside the verdict."""
+    dash = gpuscope.live(show=False, interval_s=0.5)
+    assert dash.verify_button.disabled
+    dash.sweep([FAST, SLOW], tiny_model, depths=DEPTHS, n_steps=STEPS, engine=engine_build.root)
+    dash.wait()
+    assert not dash.verify_button.disabled
+    dash.verify(rounds=1)
+    dash.wait()
+    slower = next(f for f in dash.findings if f.id == "config.slower")
+    assert slower.verified["remedy_label"] == "offload_kqv=True" and slower.verified["saving_ms"] > 0
+    assert "verified: offload_kqv=True saves" in dash.findings_html.value

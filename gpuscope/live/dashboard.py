@@ -32,7 +32,9 @@ from gpuscope.errors import ReportError
 from gpuscope.live.events import held_now
 from gpuscope.live.sources import Steps, source_for
 from gpuscope.plots.style import MIB, category_color, config_colors
+from gpuscope.runs.verify import DEFAULT_ROUNDS, verify
 from gpuscope.session.workloads import sweep_loop
+from gpuscope.trace.model import Trace
 from gpuscope.trace.ringtap import RingTap
 
 MAX_POINTS_PER_SERIES = 20_000  # the oldest points of a very long run leave the plot, not the trace
@@ -100,8 +102,13 @@ class Dashboard:
         self.pause_button = w.Button(description="Pause", icon="pause", layout=w.Layout(width="100px"))
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
                                     layout=w.Layout(width="100px"))
+        self.verify_button = w.Button(description="Verify", icon="check", disabled=True,
+                                      tooltip="re-run the finished sweep with each finding's first remedy, "
+                                              "interleaved with it as recorded, and show the measured savings",
+                                      layout=w.Layout(width="100px"))
         self.pause_button.on_click(lambda _: self.resume() if self._paused.is_set() else self.pause())
         self.stop_button.on_click(lambda _: self.stop())
+        self.verify_button.on_click(lambda _: self.verify())
         self.status = w.HTML("starting")
         self.counters = w.HTML("")
         self.step_figure = go.FigureWidget(layout=dict(
@@ -114,7 +121,8 @@ class Dashboard:
             uirevision="live"))
         self.findings_html = w.HTML("<i>findings appear after the first steps</i>")
         self.widget = w.VBox([
-            self.title, w.HBox([self.progress, self.pause_button, self.stop_button, self.status]), self.counters,
+            self.title, w.HBox([self.progress, self.pause_button, self.stop_button, self.verify_button, self.status]),
+            self.counters,
             w.HBox([self.step_figure, self.memory_figure]), self.findings_html])
 
     def display(self) -> None:
@@ -165,6 +173,23 @@ class Dashboard:
         configs = list(configs)
         self._start(self.source.sweep(configs, model, depths, n_steps, options),
                     len(configs) * len(set(depths)) * n_steps)
+
+    def verify(self, rounds: int = DEFAULT_ROUNDS) -> None:
+        """Measure the findings' remedies on the finished workload's trace (gpuscope.runs.verify) in a background
+        thread, then show predicted and verified side by side; wait() returns when it is done."""
+        if not isinstance(self.result, Trace):
+            raise ReportError("verify() needs a finished workload that returned a trace (a sweep: gpuscope.live()"
+                              ".sweep(...))")
+        trace = self.result
+
+        def work():
+            analysis = Analysis(trace)
+            self.findings = verify(analysis, diagnose(analysis), rounds=rounds)
+            self._show_findings("the doctor on the finished run, its remedies measured")
+            return trace
+
+        self.verify_button.disabled = True
+        self._start(work, None)
 
     def pause(self) -> None:
         self._paused.set()
@@ -317,15 +342,19 @@ class Dashboard:
         except Exception as exc:  # the analysis of a partial trace may fail; the dashboard keeps going
             self.findings_html.value = f"<i>findings unavailable so far: {html.escape(repr(exc))}</i>"
             return
+        self._show_findings("doctor, on what was read so far")
+
+    def _show_findings(self, what: str) -> None:
         if not self.findings:
             self.findings_html.value = "<b>Findings</b>: none so far"
             return
         items = "".join(f"<li><b style='color:{_SEVERITY_COLORS[f.severity]}'>{f.severity}</b> "
                         f"<code>{html.escape(f.id)}</code>" + (f" <b>{html.escape(f.config)}</b>" if f.config else "")
                         + f": {html.escape(f.statement)}"
-                        + (f" <i>({html.escape(f.saving_text())})</i>" if f.share is not None else "") + "</li>"
+                        + (f" <i>({html.escape(f.saving_text())})</i>" if f.share is not None else "")
+                        + (f"<br>verified: {html.escape(f.verified_text())}" if f.verified else "") + "</li>"
                         for f in self.findings)
-        self.findings_html.value = f"<b>Findings</b> (doctor, on what was read so far)<ul>{items}</ul>"
+        self.findings_html.value = f"<b>Findings</b> ({html.escape(what)})<ul>{items}</ul>"
 
     def _update_status(self, final: bool) -> None:
         if self.error is not None:
@@ -342,6 +371,7 @@ class Dashboard:
         if final:
             self.progress.bar_style = "danger" if self.error else "warning" if self._stop.is_set() else "success"
             self.pause_button.disabled = self.stop_button.disabled = True
+            self.verify_button.disabled = not isinstance(self.result, Trace)
 
     def __repr__(self) -> str:
         return f"Dashboard({self.source.title}: {len(self.rows)} steps, {self.refreshes} refreshes)"
