@@ -100,6 +100,7 @@ _FINDINGS_OF_EVERY_DATASET = """
 import json, sys
 from pathlib import Path
 from gpuscope.analysis import Analysis
+from gpuscope.doctor.rules import diagnose
 root = Path(sys.argv[1])
 print(json.dumps({str(t.relative_to(root)): {f.id: [f.severity, f.statement] for f in diagnose(Analysis(t))}
                   for t in sorted(root.glob("*/*.trace"))}))

@@ -311,7 +311,7 @@ class Dashboard:
         done = steps[steps["complete"] & steps["wall_ns"].notna()]
         new = len(done) - self._drawn_rows
         self._drawn_rows = len(done)
-        self._recent_ms = (done.sort_values("begin_ns")["wall_ns"].tail(16) / 1e6).tolist()
+        self._recent_ms = (done.sort_values("t_begin_ns")["wall_ns"].tail(16) / 1e6).tolist()
         series = {}
         for (config, n_tokens), group in done.groupby(["config", "n_tokens"], sort=False):
             key = str(config) if n_tokens == 1 else f"{config} [{n_tokens}-token]"
