@@ -17,7 +17,7 @@ from gpuscope.errors import SessionError
 from gpuscope.models import synth_model
 from gpuscope.session import Session, SplitConfig, speculative
 from gpuscope.session.workloads import plain_loop
-from gpuscope.session.assemble import combine_traces
+from gpuscope.trace.combine import combine
 from gpuscope.trace.model import Trace
 
 PROMPT = "The history of the printing press begins in"
@@ -147,7 +147,7 @@ def test_acceptance_and_times_per_round_and_position(runs) -> None:
 
 
 def test_findings_per_configuration_in_a_combined_trace(runs) -> None:
-    combined = combine_traces([runs["plain before"], runs["random draft"], runs["q8_0 draft"]], {"source": "test"})
+    combined = combine([runs["plain before"], runs["random draft"], runs["q8_0 draft"]], {"source": "test"})
     analysis = Analysis(combined)
     assert list(analysis.speculation.summary["config"]) == ["random draft", "q8_0 draft"]
     findings = speculation_net_effect(analysis)

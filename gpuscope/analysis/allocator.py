@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
-from gpuscope.analysis.steps import assign_steps
+from gpuscope.trace.steps import inside_steps
 
 
 def per_step(steps: pd.DataFrame, gallocr_realloc: pd.DataFrame, gallocr_buffer: pd.DataFrame,
@@ -16,20 +16,17 @@ def per_step(steps: pd.DataFrame, gallocr_realloc: pd.DataFrame, gallocr_buffer:
     re-reserves and the time they took."""
     index = pd.Index(steps["step"].to_numpy(np.int64), name="step")
     out = pd.DataFrame(index=index)
-    realloc = gallocr_realloc.assign(in_step=assign_steps(gallocr_realloc, steps))
-    realloc = realloc[realloc["in_step"] >= 0]
+    realloc = inside_steps(gallocr_realloc, steps, by_thread=True)
     out["reallocs"] = realloc.groupby("in_step").size().reindex(index, fill_value=0)
     by_reason = realloc.groupby(["in_step", text(realloc["reason"])], observed=True).size().unstack(fill_value=0)
     for reason, count in by_reason.items():
         out[f"realloc_{reason}"] = count.reindex(index, fill_value=0)
-    buffers = gallocr_buffer.assign(in_step=assign_steps(gallocr_buffer, steps))
-    buffers = buffers[buffers["in_step"] >= 0]
+    buffers = inside_steps(gallocr_buffer, steps, by_thread=True)
     grouped = buffers.groupby("in_step")
     out["buffer_reallocs"] = grouped.size().reindex(index, fill_value=0)
     out["bytes_freed"] = grouped["old_size"].sum().reindex(index, fill_value=0).astype(np.int64)
     out["bytes_allocated"] = grouped["new_size"].sum().reindex(index, fill_value=0).astype(np.int64)
-    reserves = sched_reserve.assign(in_step=assign_steps(sched_reserve, steps))
-    reserves = reserves[reserves["in_step"] >= 0]
+    reserves = inside_steps(sched_reserve, steps, by_thread=True)
     grouped = reserves.groupby("in_step")
     out["reserves"] = grouped.size().reindex(index, fill_value=0)
     out["reserve_sync_ns"] = grouped["sync_ns"].sum().reindex(index, fill_value=0).astype(np.int64)
@@ -53,13 +50,13 @@ def churn(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFrame, steps: pd.
     rows = []
     sequences = []
     if len(gallocr_realloc):
-        frame = gallocr_realloc.assign(in_step=assign_steps(gallocr_realloc, steps))
-        frame = frame[(frame["in_step"] >= 0) & (text(frame["reason"]) == "n_nodes")]
+        frame = inside_steps(gallocr_realloc, steps, by_thread=True)
+        frame = frame[text(frame["reason"]) == "n_nodes"]
         sequences += [("gallocr", address, group) for address, group in
                       frame.sort_values("seq").groupby("galloc", sort=False)]
     if len(sched_reserve):
-        frame = sched_reserve.assign(in_step=assign_steps(sched_reserve, steps))
-        frame = frame[(frame["in_step"] >= 0) & (text(frame["trigger"]) == "alloc_failed")]
+        frame = inside_steps(sched_reserve, steps, by_thread=True)
+        frame = frame[text(frame["trigger"]) == "alloc_failed"]
         sequences += [("scheduler", address, group) for address, group in
                       frame.sort_values("seq").groupby("sched", sort=False)]
     for source, address, group in sequences:

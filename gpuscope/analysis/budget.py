@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
-from gpuscope.analysis.steps import assign_steps
+from gpuscope.trace.steps import join_to_steps
 
 # Kinds of timeline items: spans (with their nesting level), then point markers.
 SPLIT, RESERVE, COPY, SYNC, BEGIN, UBATCH, SUBMITTED, WAIT, END = range(9)
@@ -47,11 +47,11 @@ class _Collector:
             column = text(label)
             codes = column.cat.codes.to_numpy().astype(np.int64) + len(self.names)
             self.names += [prefix + c for c in column.cat.categories]
-        in_step = assign_steps(frame, self.steps)
-        keep = in_step >= 0
+        in_step = join_to_steps(frame, self.steps, by_thread=True)
+        keep = in_step.notna().to_numpy()
         end = frame["ts_ns"].to_numpy(np.int64)
-        self.parts.append((in_step[keep], frame["tid"].to_numpy(np.int64)[keep], (end - duration)[keep], end[keep],
-                           np.full(int(keep.sum()), kind, np.int64), codes[keep]))
+        self.parts.append((in_step[keep].to_numpy(np.int64), frame["tid"].to_numpy(np.int64)[keep],
+                           (end - duration)[keep], end[keep], np.full(int(keep.sum()), kind, np.int64), codes[keep]))
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         if not self.parts:
@@ -129,7 +129,7 @@ def spans(steps: pd.DataFrame, sync: pd.DataFrame, copy: pd.DataFrame, split_end
                       sched_reserve["sync_ns"].to_numpy(np.int64) + sched_reserve["reserve_ns"].to_numpy(np.int64))
     step, tid, start, end, kind, code = collector.arrays()
     level = _LEVEL[kind] if len(kind) else kind
-    by_step = steps.set_index("step")[["begin_ns", "end_ns"]]
+    by_step = steps.set_index("step")[["t_begin_ns", "t_end_ns"]]
     rank = by_step.index.get_indexer(step)
     window = by_step.to_numpy(np.int64)[rank]
     parent = _nest(rank, window[:, 0], level, start, end)
@@ -159,8 +159,8 @@ def spans(steps: pd.DataFrame, sync: pd.DataFrame, copy: pd.DataFrame, split_end
 def _gaps(done: pd.DataFrame, top: pd.DataFrame, ubatch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Time on the step's thread between the top-level spans, by position: (step, gap category code, ns)."""
     step_ids = done["step"].to_numpy(np.int64)
-    begin = done["begin_ns"].to_numpy(np.int64)
-    end = done["end_ns"].to_numpy(np.int64)
+    begin = done["t_begin_ns"].to_numpy(np.int64)
+    end = done["t_end_ns"].to_numpy(np.int64)
     submitted_at = begin + done["submit_ns"].to_numpy(np.int64)
     wait_begin = end - done["wait_ns"].fillna(0).to_numpy(np.int64)
     ub = ubatch[np.isin(ubatch["step"].to_numpy(np.int64), step_ids)] if len(ubatch) else ubatch

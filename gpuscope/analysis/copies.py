@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import per_value, text
-from gpuscope.analysis.steps import assign_steps
+from gpuscope.trace.steps import JOIN_COLUMN, inside_steps, join_to_steps
 
 # llama.cpp names: activations '<name>-<il>' (views get ' (view)' and the like appended), the KV cache
 # 'cache_k_l<il>' / 'cache_v_l<il>', weights 'blk.<il>.<name>', 'token_embd.weight', 'output.weight'
@@ -42,9 +42,9 @@ def splits_per_step(steps: pd.DataFrame, split_begin: pd.DataFrame) -> pd.DataFr
     """Per step: splits per backend and in total."""
     if not len(split_begin):
         return pd.DataFrame(columns=["step", "splits"])
-    frame = pd.DataFrame({"step": assign_steps(split_begin, steps),
+    split_begin = inside_steps(split_begin, steps, by_thread=True)
+    frame = pd.DataFrame({"step": split_begin[JOIN_COLUMN].to_numpy(),
                           "backend": text(split_begin["backend"]).to_numpy()})
-    frame = frame[frame["step"] >= 0]
     table = frame.groupby(["step", "backend"]).size().unstack(fill_value=0)
     table.columns = [f"splits:{c}" for c in table.columns]
     table.insert(0, "splits", table.sum(axis=1))
@@ -56,21 +56,22 @@ def meta_parts_per_step(steps: pd.DataFrame, meta_part: pd.DataFrame) -> pd.Data
     columns = ["step", "device", "parts", "nodes", "submit_ns"]
     if not len(meta_part):
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame({"step": assign_steps(meta_part, steps), "device": text(meta_part["device"]).array,
+    # devices made categories over the whole table, so that their order does not depend on the step windows
+    meta_part = inside_steps(meta_part.assign(device=text(meta_part["device"])), steps, by_thread=True)
+    frame = pd.DataFrame({"step": meta_part[JOIN_COLUMN].to_numpy(), "device": meta_part["device"].array,
                           "nodes": meta_part["n_nodes"].to_numpy(np.int64),
                           "duration_ns": meta_part["duration_ns"].to_numpy(np.int64)})
-    frame = frame[frame["step"] >= 0]
     return frame.groupby(["step", "device"]).agg(
         parts=("nodes", "size"), nodes=("nodes", "sum"), submit_ns=("duration_ns", "sum")).reset_index()[columns]
 
 
 def copy_events(steps: pd.DataFrame, copy: pd.DataFrame) -> pd.DataFrame:
-    """The copy events with their step and the layer of the copied tensor."""
+    """The copy events with their step (<NA>: outside every step) and the layer of the copied tensor."""
     columns = ["seq", "step", "src_device", "dst_device", "tensor", "layer", "stored", "bytes", "duration_ns", "mode"]
     if not len(copy):
         return pd.DataFrame(columns=columns)
     return pd.DataFrame({
-        "seq": copy["seq"].to_numpy(np.int64), "step": assign_steps(copy, steps),
+        "seq": copy["seq"].to_numpy(np.int64), "step": join_to_steps(copy, steps, by_thread=True).array,
         "src_device": text(copy["src_device"]).array, "dst_device": text(copy["dst_device"]).array,
         "tensor": text(copy["tensor"]).array, "layer": tensor_layer(copy["tensor"]),
         "stored": is_stored(copy["tensor"]),
@@ -79,22 +80,13 @@ def copy_events(steps: pd.DataFrame, copy: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def per_step_pairs(copies: pd.DataFrame) -> pd.DataFrame:
-    """Per (step, source, destination): copies, bytes, time."""
-    inside = copies[copies["step"] >= 0]
-    if not len(inside):
-        return pd.DataFrame(columns=["step", "src_device", "dst_device", "copies", "bytes", "time_ns"])
-    return inside.groupby(["step", "src_device", "dst_device"]).agg(
-        copies=("bytes", "size"), bytes=("bytes", "sum"), time_ns=("duration_ns", "sum")).reset_index()
-
-
 def per_step(steps: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFrame:
     """Per step: copies, bytes, time; distinct layers whose tensors were copied; copies of stored tensors (KV
     cache, weights) and the time of every copy for the layers whose stored tensors crossed devices."""
     index = pd.Index(steps["step"].to_numpy(np.int64), name="step")
     columns = ["copies", "bytes", "time_ns", "layers_copied", "stored_copies", "stored_bytes", "foreign_layer_time_ns",
                "collective_copies", "collective_bytes", "collective_time_ns"]
-    inside = copies[copies["step"] >= 0]
+    inside = copies[copies["step"].notna()].astype({"step": np.int64})
     if not len(inside):
         return pd.DataFrame(0, index=index, columns=columns).reset_index()
     grouped = inside.groupby("step")

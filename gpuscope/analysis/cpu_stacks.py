@@ -1,11 +1,9 @@
-"""Sampled native CPU stacks (the `cpu_stacks` table) against decode steps: folded stacks, CPU time per step
-and category, and the step each span started in."""
+"""Sampled native CPU stacks (the `cpu_stacks` table) against decode steps: folded stacks, and CPU time per step
+and category."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from gpuscope.trace.steps import join_to_steps, step_windows
 
 
 def folded(stacks: pd.DataFrame) -> pd.DataFrame:
@@ -24,10 +22,10 @@ def time_per_step(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     its share of the window. Only meaningful where steps are long against the clock residual and the sampling
     interval (meta['stacks']['clock'])."""
     columns = ["step", "category", "time_ns", "share"]
-    windows = step_windows(steps)
-    if not len(stacks) or not len(windows):
+    if not len(stacks) or not len(steps):
         return pd.DataFrame(columns=columns)
-    begins, ends = windows["begin_ns"].to_numpy(np.int64), windows["end_ns"].to_numpy(np.int64)
+    windows = steps.sort_values("t_begin_ns", ignore_index=True)
+    begins, ends = windows["t_begin_ns"].to_numpy(np.int64), windows["t_end_ns"].to_numpy(np.int64)
     starts = stacks["ts_ns"].to_numpy(np.int64)
     stops = starts + stacks["duration_ns"].to_numpy(np.int64)
     rows = []
@@ -44,10 +42,6 @@ def time_per_step(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     out = pd.DataFrame(rows, columns=["step", "category", "time_ns"]).groupby(["step", "category"]).sum()
     out = out.reset_index()
-    out["share"] = out["time_ns"] / out["step"].map(windows.set_index("step").eval("end_ns - begin_ns"))
+    out["share"] = out["time_ns"] / out["step"].map(windows.set_index("step").eval("t_end_ns - t_begin_ns"))
     return out[columns]
 
-
-def stacks_in_steps(stacks: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
-    """The step whose window holds each span's start (<NA> outside every step), as the `in_step` column."""
-    return join_to_steps(stacks, steps)

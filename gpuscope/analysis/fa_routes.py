@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.trace.ggml_names import type_name
-from gpuscope.analysis.steps import assign_steps
+from gpuscope.trace.steps import join_to_steps
 
 # what makes two selections the same plan: the attention's shape and types, and what was chosen
 PLAN_KEY = ["device", "head_dim_k", "head_dim_v", "q_heads", "kv_heads", "type_k", "type_v", "type_mask",
@@ -34,13 +34,13 @@ def plans(fa_plan: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     columns = PLAN_KEY + ["selections", "q_tokens", "n_kv_min", "n_kv_max", "callers", "steps", "first_seq"]
     if not len(fa_plan):
         return pd.DataFrame(columns=columns)
-    frame = _named(fa_plan).assign(in_step=assign_steps(fa_plan, steps))
+    frame = _named(fa_plan).assign(in_step=join_to_steps(fa_plan, steps, by_thread=True))
     grouped = frame.groupby(PLAN_KEY, sort=False, observed=True)
     out = grouped.agg(selections=("seq", "size"), n_kv_min=("n_kv", "min"), n_kv_max=("n_kv", "max"),
                       first_seq=("seq", "min"))
     out["q_tokens"] = grouped["q_tokens"].agg(lambda s: sorted(set(int(v) for v in s)))
     out["callers"] = grouped["caller"].agg(lambda s: sorted(set(s)))
-    out["steps"] = grouped["in_step"].agg(lambda s: sorted(set(int(v) for v in s if v >= 0)))
+    out["steps"] = grouped["in_step"].agg(lambda s: sorted(set(int(v) for v in s.dropna())))
     return out.reset_index().sort_values("first_seq", kind="stable").reset_index(drop=True)[columns]
 
 

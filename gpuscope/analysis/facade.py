@@ -12,10 +12,11 @@ from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
 from gpuscope.analysis.cpu_stacks import folded, time_per_step
 from gpuscope.analysis.health import health, last_events
 from gpuscope.analysis.kernels import family_time_per_step, gpu_busy_per_step
-from gpuscope.analysis.steps import assign_steps, event_runs, main_process, step_table
+from gpuscope.analysis.steps import event_runs, main_process, step_table
 from gpuscope.trace.ggml_names import op_names
 from gpuscope.trace.model import Trace, load_trace
 from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
+from gpuscope.trace.steps import join_to_steps
 
 
 class Analysis:
@@ -54,9 +55,8 @@ class Analysis:
         return self.steps[self.steps["complete"] & self.steps["wall_ns"].notna()]
 
     def in_step(self, kind: str) -> pd.Series:
-        """The step each event of `kind` happened in (-1: none), aligned with the kind's table."""
-        frame = self.table(kind)
-        return pd.Series(assign_steps(frame, self.steps), index=frame.index, name="in_step")
+        """The step each event of `kind` happened in (<NA>: none), aligned with the kind's table."""
+        return join_to_steps(self.table(kind), self.steps, by_thread=True)
 
     # -- configurations ------------------------------------------------------------------------------------------
 

@@ -5,24 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gpuscope.trace.steps import step_windows
+from gpuscope.trace.steps import JOIN_COLUMN, inside_steps
 
 
-def _clipped(kernels: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
-    """Kernels that start inside a step window, with start/end clipped to it (a kernel belongs to the step in
+def _clipped(kernels: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Kernels that start inside a step, with start/end clipped to its window (a kernel belongs to the step in
     which it started)."""
-    if not len(kernels) or not len(windows):
+    if not len(kernels) or not len(steps):
         return pd.DataFrame(columns=["step", "device", "family", "fa_kind", "start", "end"])
-    starts = kernels["ts_ns"].to_numpy(np.int64)
-    index = np.searchsorted(windows["begin_ns"].to_numpy(np.int64), starts, side="right") - 1
-    safe = np.clip(index, 0, None)
-    inside = (index >= 0) & (starts <= windows["end_ns"].to_numpy(np.int64)[safe])
-    chosen = windows.iloc[safe[inside]]
-    picked = kernels[inside]
-    start = np.maximum(picked["ts_ns"].to_numpy(np.int64), chosen["begin_ns"].to_numpy(np.int64))
-    end = np.minimum(picked["ts_ns"].to_numpy(np.int64) + picked["duration_ns"].to_numpy(np.int64),
-                     chosen["end_ns"].to_numpy(np.int64))
-    return pd.DataFrame({"step": chosen["step"].to_numpy(np.int64), "device": picked["device"].astype(str).to_numpy(),
+    picked = inside_steps(kernels, steps)
+    step_ids = picked[JOIN_COLUMN].to_numpy()
+    windows = steps.set_index("step")[["t_begin_ns", "t_end_ns"]]
+    chosen = windows.to_numpy(np.int64)[windows.index.get_indexer(step_ids)]
+    start = np.maximum(picked["ts_ns"].to_numpy(np.int64), chosen[:, 0])
+    end = np.minimum(picked["ts_ns"].to_numpy(np.int64) + picked["duration_ns"].to_numpy(np.int64), chosen[:, 1])
+    return pd.DataFrame({"step": step_ids, "device": picked["device"].astype(str).to_numpy(),
                          "family": picked["family"].astype(str).to_numpy(),
                          "fa_kind": picked["fa_kind"].astype(str).to_numpy(),
                          "start": start, "end": np.maximum(end, start)})
@@ -34,8 +31,7 @@ def gpu_busy_per_step(kernels: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFram
     activity to step end). Steps without any activity on a device have no row for it."""
     columns = ["step", "device", "window_ns", "busy_ns", "idle_ns", "busy_fraction", "n_activities",
                "max_gap_ns", "lead_ns", "tail_ns"]
-    windows = step_windows(steps)
-    spans = _clipped(kernels, windows)
+    spans = _clipped(kernels, steps)
     if not len(spans):
         return pd.DataFrame({c: pd.Series(dtype="object" if c == "device" else "int64") for c in columns})
     spans = spans.sort_values(["step", "device", "start"], kind="stable", ignore_index=True)
@@ -48,10 +44,10 @@ def gpu_busy_per_step(kernels: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFram
     grouped = spans.groupby(["step", "device"], sort=False)
     out = grouped.agg(busy_ns=("added", "sum"), n_activities=("start", "size"), first=("start", "min"),
                       last=("end", "max"), max_gap_ns=("gap", "max")).reset_index()
-    bounds = windows.set_index("step")
-    out["window_ns"] = out["step"].map(bounds["end_ns"] - bounds["begin_ns"]).astype(np.int64)
-    out["lead_ns"] = out["first"] - out["step"].map(bounds["begin_ns"])
-    out["tail_ns"] = out["step"].map(bounds["end_ns"]) - out["last"]
+    bounds = steps.set_index("step")
+    out["window_ns"] = out["step"].map(bounds["t_end_ns"] - bounds["t_begin_ns"]).astype(np.int64)
+    out["lead_ns"] = out["first"] - out["step"].map(bounds["t_begin_ns"])
+    out["tail_ns"] = out["step"].map(bounds["t_end_ns"]) - out["last"]
     out["idle_ns"] = out["window_ns"] - out["busy_ns"]
     out["busy_fraction"] = out["busy_ns"] / out["window_ns"].where(out["window_ns"] > 0)
     out["max_gap_ns"] = out[["max_gap_ns", "lead_ns", "tail_ns"]].max(axis=1).fillna(0).astype(np.int64)
@@ -61,7 +57,7 @@ def gpu_busy_per_step(kernels: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFram
 def family_time_per_step(kernels: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """Per step, device, family and FA kind: activities and their summed time inside the step (streams that
     overlap count twice here; gpu_busy_per_step gives the union)."""
-    spans = _clipped(kernels, step_windows(steps))
+    spans = _clipped(kernels, steps)
     if not len(spans):
         return pd.DataFrame({"step": pd.Series(dtype="int64"), "device": pd.Series(dtype="object"),
                              "family": pd.Series(dtype="object"), "fa_kind": pd.Series(dtype="object"),

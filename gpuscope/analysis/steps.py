@@ -1,5 +1,5 @@
-"""Decode steps: one row per `llama_decode`, built from the hook events, and the assignment of any event to the
-step it happened in.
+"""Decode steps: one row per `llama_decode`, built from the hook events (events join to them with
+gpuscope.trace.steps.join_to_steps, by thread).
 
 A step starts at DECODE_BEGIN and ends at DECODE_SYNCED (the step's work really finished) or, when the program
 never synchronized it, at DECODE_SUBMITTED (llama_decode returned). Its wall time is the synced duration when
@@ -17,7 +17,7 @@ import pandas as pd
 
 # Columns of the step table, in order.
 STEP_COLUMNS = [
-    "step", "run", "config", "ctx", "tid", "begin_ns", "end_ns", "wall_ns", "submit_ns", "wait_ns", "idle_ns",
+    "step", "run", "config", "ctx", "tid", "t_begin_ns", "t_end_ns", "wall_ns", "submit_ns", "wait_ns", "idle_ns",
     "n_tokens", "n_outputs", "n_seqs", "pos_min", "pos_max", "kv_used", "context", "n_kv", "n_ubatches",
     "n_nodes", "graph_reused", "status", "complete", "cold_start", "role",
 ]
@@ -30,8 +30,8 @@ def _ints(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def event_runs(frame: pd.DataFrame) -> np.ndarray:
-    """The run each event belongs to in a trace combined from several processes: the `run` column that
-    gpuscope.trace.combine adds, else a session's `config` column (one session per configuration), else 0."""
+    """The run each event belongs to in a trace combined from several: the `run` column that gpuscope.trace.combine
+    adds, else a session's `config` column (sweeps written before combine added `run` to them), else 0."""
     if "run" in frame.columns:
         return frame["run"].to_numpy(np.int64)
     if "config" in frame.columns:
@@ -64,7 +64,7 @@ def step_table(decode_begin: pd.DataFrame, ubatch: pd.DataFrame, decode_submitte
         "step": _ints(decode_begin, "step"),
         "ctx": _ints(decode_begin, "ctx"),
         "tid": _ints(decode_begin, "tid"),
-        "begin_ns": _ints(decode_begin, "ts_ns"),
+        "t_begin_ns": _ints(decode_begin, "ts_ns"),
         "n_tokens": _ints(decode_begin, "n_tokens"),
         "n_outputs": _ints(decode_begin, "n_outputs"),
         "n_seqs": _ints(decode_begin, "n_seqs"),
@@ -97,19 +97,19 @@ def step_table(decode_begin: pd.DataFrame, ubatch: pd.DataFrame, decode_submitte
 
     has_sync = steps["synced_at"].notna()
     steps["wall_ns"] = steps["synced_ns"].where(has_sync, steps["submit_ns"])
-    steps["end_ns"] = steps["synced_at"].where(has_sync, steps["submitted_at"])
+    steps["t_end_ns"] = steps["synced_at"].where(has_sync, steps["submitted_at"])
     # the program's own time between llama_decode returning and it asking for the results
     steps["idle_ns"] = (steps["synced_ns"] - steps["submit_ns"] - steps["wait_ns"]).clip(lower=0).where(has_sync, 0)
     steps["complete"] = steps["submitted_at"].notna() & (steps["status"].fillna(0) == 0)
     # a step the engine never returned from runs until the end of the trace
-    steps["end_ns"] = steps["end_ns"].fillna(_FAR_FUTURE).astype(np.int64)
+    steps["t_end_ns"] = steps["t_end_ns"].fillna(_FAR_FUTURE).astype(np.int64)
 
     # a session tags events with the step of its own steps table they fall in (`in_step`)
     session_ids = (pd.Series(main_process(decode_begin_all)["in_step"].to_numpy(), index=_ints(decode_begin, "step"))
                    if "in_step" in decode_begin_all.columns else None)
     steps["config"] = _config_labels(steps, session_steps, session_ids, meta)
     steps["role"] = _roles(steps, session_steps, session_ids)
-    steps = steps.sort_values(["begin_ns", "step"], kind="stable").reset_index(drop=True)
+    steps = steps.sort_values(["t_begin_ns", "step"], kind="stable").reset_index(drop=True)
     # a context's first step, or one on an empty cache (a warm-up run, a new prompt), pays one-time costs
     steps["cold_start"] = ~steps.duplicated(["run", "ctx"], keep="first") | (steps["kv_used"] == 0)
     return steps[STEP_COLUMNS]
@@ -147,7 +147,7 @@ def _config_labels(steps: pd.DataFrame, session_steps: pd.DataFrame | None, sess
     if meta.get("config_label"):
         return pd.Series(meta["config_label"], index=steps.index)
     program = Path(str(meta.get("program") or (meta.get("command") or ["run"])[0])).name
-    spans = steps.groupby(["run", "ctx"], sort=False).agg(begin=("begin_ns", "min"), end=("end_ns", "max")) \
+    spans = steps.groupby(["run", "ctx"], sort=False).agg(begin=("t_begin_ns", "min"), end=("t_end_ns", "max")) \
         .reset_index().sort_values(["run", "begin"], kind="stable")
     nodes = steps.dropna(subset=["n_nodes"]).groupby(["run", "ctx", "n_tokens"])["n_nodes"].median()
     nodes_of: dict[tuple, dict] = {}
@@ -181,35 +181,3 @@ def _context_groups(contexts: list[tuple]) -> dict[int, int]:
             groups.append([(ctx, begin, end, nodes)])
             assigned[ctx] = len(groups) - 1
     return assigned
-
-
-def assign_steps(events: pd.DataFrame, steps: pd.DataFrame, *, end_column: str = "ts_ns") -> np.ndarray:
-    """The step each event happened in (-1 for none): the step that was open on the event's thread at the
-    event's timestamp. A thread decodes one step at a time, so its step windows do not overlap."""
-    result = np.full(len(events), -1, np.int64)
-    if not len(events) or not len(steps):
-        return result
-    tids = events["tid"].to_numpy(dtype=np.int64)
-    times = events[end_column].to_numpy(dtype=np.int64)
-    step_tids = steps["tid"].to_numpy(np.int64)
-    by_window = np.lexsort((steps["begin_ns"].to_numpy(np.int64), step_tids))
-    w_tid = step_tids[by_window]
-    begins = steps["begin_ns"].to_numpy(np.int64)[by_window]
-    ends = steps["end_ns"].to_numpy(np.int64)[by_window]
-    ids = steps["step"].to_numpy(np.int64)[by_window]
-    # events and windows sorted by thread: one searchsorted per thread, over contiguous slices
-    by_event = np.argsort(tids, kind="stable")
-    e_tid = tids[by_event]
-    thread_ids, w_first = np.unique(w_tid, return_index=True)
-    w_last = np.append(w_first[1:], len(w_tid))
-    e_first = np.searchsorted(e_tid, thread_ids, side="left")
-    e_last = np.searchsorted(e_tid, thread_ids, side="right")
-    for w0, w1, e0, e1 in zip(w_first, w_last, e_first, e_last):
-        if e0 == e1:
-            continue
-        at = times[by_event[e0:e1]]
-        index = np.searchsorted(begins[w0:w1], at, side="right") - 1
-        safe = np.maximum(index, 0) + w0
-        inside = (index >= 0) & (at <= ends[safe])
-        result[by_event[e0:e1]] = np.where(inside, ids[safe], -1)
-    return result

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
-from gpuscope.analysis.steps import assign_steps
+from gpuscope.trace.steps import JOIN_COLUMN, inside_steps
 
 
 def per_step(steps: pd.DataFrame, sync: pd.DataFrame) -> pd.DataFrame:
@@ -16,11 +16,11 @@ def per_step(steps: pd.DataFrame, sync: pd.DataFrame) -> pd.DataFrame:
     columns = ["step", "reason", "backend", "count", "time_ns"]
     if not len(sync):
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame({
-        "step": assign_steps(sync, steps), "reason": text(sync["reason"]).array,
-        "backend": text(sync["backend"]).array, "duration_ns": sync["duration_ns"].to_numpy(np.int64),
-    })
-    frame = frame[frame["step"] >= 0]
+    # names made categories over the whole table, so that their order does not depend on the step windows
+    sync = inside_steps(sync.assign(reason=text(sync["reason"]), backend=text(sync["backend"])), steps,
+                        by_thread=True)
+    frame = pd.DataFrame({"step": sync[JOIN_COLUMN].to_numpy(), "reason": sync["reason"].array,
+                          "backend": sync["backend"].array, "duration_ns": sync["duration_ns"].to_numpy(np.int64)})
     out = frame.groupby(["step", "reason", "backend"], sort=True, observed=True).agg(count=("duration_ns", "size"),
                                                                       time_ns=("duration_ns", "sum"))
     return out.reset_index()[columns]
@@ -49,12 +49,12 @@ def eval_callback(steps: pd.DataFrame, sync: pd.DataFrame) -> pd.DataFrame:
     callback = sync[(text(sync["reason"]) == "eval_callback").to_numpy(bool)] if len(sync) else sync
     if not len(callback):
         return pd.DataFrame(columns=columns)
+    callback = inside_steps(callback, steps, by_thread=True)
     frame = pd.DataFrame({
-        "step": assign_steps(callback, steps), "split_id": callback["split_id"].to_numpy(np.int64),
+        "step": callback[JOIN_COLUMN].to_numpy(), "split_id": callback["split_id"].to_numpy(np.int64),
         "n_views": callback["n_views"].to_numpy(np.int64), "n_needed": callback["n_needed"].to_numpy(np.int64),
         "duration_ns": callback["duration_ns"].to_numpy(np.int64), "seq": callback["seq"].to_numpy(np.int64),
     })
-    frame = frame[frame["step"] >= 0]
     if not len(frame):
         return pd.DataFrame(columns=columns)
     # n_views / n_needed count up within a split: its last sync holds the split's totals

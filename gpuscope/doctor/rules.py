@@ -128,7 +128,7 @@ def allocator_churn(a) -> list[Finding]:
         else "info"
     rows = a.table("gallocr_realloc")
     rows = rows.assign(in_step=a.in_step("gallocr_realloc"))
-    rows = rows[rows["in_step"] >= 0]
+    rows = rows[rows["in_step"].notna()]
     return [Finding(
         severity=severity,
         statement=f"The graph allocator re-planned in {len(busy)} of {n} steps ({pattern})"
@@ -150,7 +150,7 @@ def allocator_churn(a) -> list[Finding]:
 
 @rule("graph.rebuilt")
 def graph_rebuilt(a) -> list[Finding]:
-    steps = a.complete_steps.sort_values("begin_ns")
+    steps = a.complete_steps.sort_values("t_begin_ns")
     if len(steps) < 8 or steps["graph_reused"].isna().all():
         return []
     by_ctx = steps.groupby(["run", "ctx"], sort=False)
@@ -355,7 +355,7 @@ def eval_callback_syncs(a) -> list[Finding]:
     share = touched / float(cb["wall_ns"].sum())
     rows = a.table("sync")
     rows = rows.assign(in_step=a.in_step("sync"))
-    rows = rows[(text(rows["reason"]) == "eval_callback") & (rows["in_step"] >= 0)]
+    rows = rows[(text(rows["reason"]) == "eval_callback") & rows["in_step"].notna()]
     return [Finding(
         severity="critical" if sync_share >= 0.20 else "warning",
         statement=f"An eval callback cuts each split into {views_per_split:.0f} graph pieces and synchronizes "
@@ -576,7 +576,7 @@ def _phase_of(a, kind: str, seqs: pd.Series) -> str | None:
     """'decode' or 'prefill' when every event of `kind` with these seqs fell in steps of that phase."""
     table = a.table(kind)
     in_step = a.in_step(kind)[table["seq"].isin(seqs).to_numpy(bool)]
-    tokens = a.steps.set_index("step")[["n_tokens", "n_seqs"]].reindex(in_step[in_step >= 0])
+    tokens = a.steps.set_index("step")[["n_tokens", "n_seqs"]].reindex(in_step.dropna())
     if not len(tokens):
         return None
     decode = tokens["n_tokens"] == tokens["n_seqs"].fillna(1)

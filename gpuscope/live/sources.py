@@ -174,7 +174,7 @@ class RingFileSource(_Source):
             key = str(config) if n_tokens == 1 else f"{config} [{n_tokens}-token]"
             series[key] = (group["context"].tolist(), (group["wall_ns"] / 1e6).tolist(),
                            [f"step {s}, {w / 1e6:.2f} ms" for s, w in zip(group["step"], group["wall_ns"])])
-        recent_ms = (done.sort_values("begin_ns")["wall_ns"].tail(RECENT_STEPS) / 1e6).tolist()
+        recent_ms = (done.sort_values("t_begin_ns")["wall_ns"].tail(RECENT_STEPS) / 1e6).tolist()
         return Steps(series, new, self._done, self._done, begun, recent_ms)
 
     def _program_name(self) -> str:

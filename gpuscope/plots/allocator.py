@@ -2,17 +2,16 @@
 buffers it (re)allocated, one row of markers each, with the event's details on hover."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from gpuscope.plots.style import bytes_text, empty, figure, hover, seconds_since, text
 
 
-def _in_step(frame: pd.DataFrame, in_step: pd.Series | None) -> np.ndarray:
+def _in_step(frame: pd.DataFrame, in_step: pd.Series | None) -> pd.arrays.IntegerArray:
     if in_step is not None and len(in_step) == len(frame):
-        return in_step.to_numpy()
-    return np.full(len(frame), -1)
+        return in_step.array
+    return pd.array([pd.NA] * len(frame), dtype="Int64")
 
 
 def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFrame, gallocr_buffer: pd.DataFrame, *,
@@ -31,7 +30,7 @@ def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFram
         steps = _in_step(gallocr_realloc, realloc_steps)
         for reason, group in gallocr_realloc.assign(at_step=steps).groupby(gallocr_realloc["reason"].astype(str),
                                                                              sort=True):
-            rows = [{"step": int(r.at_step) if r.at_step >= 0 else "outside steps", "tensor": r.tensor,
+            rows = [{"step": "outside steps" if pd.isna(r.at_step) else int(r.at_step), "tensor": r.tensor,
                      "nodes/leafs": f"{r.old_count} -> {r.new_count}",
                      "size needed": bytes_text(r.size_needed), "slot reserved": bytes_text(r.size_max),
                      "allocator": hex(int(r.galloc)), "device": r.device} for r in group.itertuples()]
@@ -43,7 +42,7 @@ def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFram
         steps = _in_step(sched_reserve, reserve_steps)
         for trigger, group in sched_reserve.assign(at_step=steps).groupby(sched_reserve["trigger"].astype(str),
                                                                            sort=True):
-            rows = [{"step": int(r.at_step) if r.at_step >= 0 else "outside steps",
+            rows = [{"step": "outside steps" if pd.isna(r.at_step) else int(r.at_step),
                      "sync before": f"{r.sync_ns / 1e6:.3f} ms", "reserve": f"{r.reserve_ns / 1e6:.3f} ms",
                      "graph": f"{r.n_nodes} nodes, {r.n_splits} splits",
                      "backends changed": bool(r.backend_ids_changed), "scheduler": hex(int(r.sched))}

@@ -17,13 +17,13 @@ from tqdm.auto import tqdm
 
 from gpuscope.errors import EngineCrashedError, SplitConfigError
 from gpuscope.models import default_model
-from gpuscope.session.assemble import combine_traces
 from gpuscope.session.binding import resolve_engine
 from gpuscope.session.config import SplitConfig
 from gpuscope.session.model_info import read_model_info
 from gpuscope.session.protocol import open_session
 from gpuscope.session.session import Engine
 from gpuscope.session.workloads import DEFAULT_DEPTHS, DEFAULT_STEPS, sweep_loop
+from gpuscope.trace.combine import combine
 from gpuscope.trace.model import Trace, save_trace
 from gpuscope.trace.steps import join_to_steps
 
@@ -112,7 +112,7 @@ def sweep(configs: Iterable[SplitConfig | dict], model: str | os.PathLike | None
     meta = {"source": "sweep", "workload": workload, "failed": failed}
     if around is not None:
         meta[around.table_meta] = collected
-    trace = combine_traces(pieces, meta)
+    trace = combine(pieces, meta)
     if out is not None:
         save_trace(trace, out)
     return trace

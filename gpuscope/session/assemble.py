@@ -55,32 +55,6 @@ def build_trace(step_rows: list[dict], processes: dict[str, dict], *, label: str
     return Trace(meta=full_meta, tables=tables)
 
 
-def combine_traces(traces: list[Trace], meta: dict) -> Trace:
-    """One trace from several sessions' traces (a sweep): tables concatenated, step ids renumbered so that they
-    stay unique, each session's metadata kept under meta['runs']."""
-    per_kind: dict[str, list[pd.DataFrame]] = {}
-    offset = 0
-    for trace in traces:
-        steps = trace.tables.get("steps")
-        for kind, frame in trace.tables.items():
-            column = "step" if kind == "steps" else JOIN_COLUMN
-            if column in frame.columns and offset:
-                frame = frame.copy()
-                frame[column] = frame[column] + offset
-            per_kind.setdefault(kind, []).append(frame)
-        if steps is not None and len(steps):
-            offset += int(steps["step"].max()) + 1
-    tables = {kind: pd.concat(frames, ignore_index=True) for kind, frames in per_kind.items()}
-    configs = [config for trace in traces for config in trace.meta.get("configs", [])]
-    runs = [{key: value for key, value in trace.meta.items() if key != "configs"} for trace in traces]
-    first = traces[0].meta if traces else {}
-    combined = {"gpuscope_version": __version__, "configs": configs, "runs": runs,
-                "model": first.get("model"), "engine": first.get("engine"), "ring": first.get("ring", {}),
-                **{key: first[key] for key in ("model_bytes", "machine") if key in first},  # one model, one machine
-                "crashed": any(trace.meta.get("crashed") for trace in traces), **meta}
-    return Trace(meta=combined, tables=tables)
-
-
 def steps_with_engine(steps: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """`steps` plus what the engine recorded during each step, from event tables that carry the join column:
     `n_<kind>` (events of each kind, all processes), `engine_ns` (the engine's own decode-to-synchronized
