@@ -382,7 +382,8 @@ def eval_callback_syncs(a) -> list[Finding]:
 def cross_device_copies(a) -> list[Finding]:
     # decode steps where the trace has them: a long fill's copies are a prefill cost, and what a remedy saves is
     # measured per decode step
-    steps = decode_steps(a.steps) if len(decode_steps(a.steps)) else a.complete_steps
+    decode = decode_steps(a.steps)
+    steps = decode if len(decode) else a.complete_steps
     per_step = a.copies[a.copies["step"].isin(steps["step"])]
     if not len(per_step) or not per_step["copies"].any():
         return []

@@ -17,8 +17,6 @@ import pandas as pd
 from gpuscope.analysis.kernels import collection_cost
 from gpuscope.collectors.kernels import KernelProfiler, gpu_backend
 from gpuscope.collectors.stacks import StackSampler, allow_any_tracer, stack_marker
-from gpuscope.session.worker import IsolatedSession
-from gpuscope.trace.steps import join_to_steps
 
 
 @dataclass
@@ -40,9 +38,7 @@ class KernelCollection:
 
     def run(self, session, loop: Callable, *args) -> tuple[pd.DataFrame, dict]:
         kernels, meta = session.run(_profiled_workload, loop, args, self.baseline)
-        steps = session.steps
-        meta["cost"] = collection_cost(steps)
-        meta["outside_steps"] = int(join_to_steps(kernels, steps).isna().sum())
+        meta["cost"] = collection_cost(session.steps)
         return kernels, meta
 
     def summary(self, frame: pd.DataFrame, meta: dict) -> str:
@@ -80,7 +76,7 @@ class StackCollection:
         """py-spy is found (or refused) when the sampler starts: nothing to check before."""
 
     def run(self, session, loop: Callable, *args) -> tuple[pd.DataFrame, dict]:
-        if isinstance(session, IsolatedSession):
+        if not session.in_process:
             pid = session.processes()["main"]["pid"]
             session.run(_allow_tracer_in_worker)
             marker = lambda seconds: session.run(stack_marker, seconds)  # noqa: E731 (runs in the worker)

@@ -57,7 +57,8 @@ def sweep(configs: Iterable[SplitConfig | dict], model: str | os.PathLike | None
     one whose engine dies while loading is listed in meta['failed']. on_step(row) is called after every step of
     every configuration (live dashboards). around: what to wrap around each configuration's workload in the
     engine's process (gpuscope.runs.collect: the kernel profiler, the stack sampler); its table joins the trace
-    with `config` and `in_step`, its metadata goes to meta[around.table_meta]. seed: the decoded tokens' seed
+    with `config` and `in_step`, its metadata (with `outside_steps`: rows that started outside every step) goes to
+    meta[around.table_meta]. seed: the decoded tokens' seed
     (rounds of the same sweep decode other tokens)."""
     configs = [c if isinstance(c, SplitConfig) else SplitConfig.from_dict(c) for c in configs]
     model = Path(model) if model is not None else default_model()
@@ -86,23 +87,23 @@ def sweep(configs: Iterable[SplitConfig | dict], model: str | os.PathLike | None
             session.add_step_listener(bar.on_step)
             if on_step is not None:
                 session.add_step_listener(on_step)
-            tables = {}
+            frame = None
             try:
                 if around is None:
                     session.run(sweep_loop, depths, n_steps, seed)
                 else:
                     frame, collected[config.label] = around.run(session, sweep_loop, depths, n_steps, seed)
-                    tables[around.table] = frame
             except EngineCrashedError as exc:
                 bar.write(f"gpuscope sweep: configuration {config.label!r}: {exc}")
             finally:
                 session.close()
-            if tables:
-                frame = tables[around.table]
-                tables[around.table] = frame.assign(in_step=join_to_steps(frame, session.steps), config=config.label)
+            tables = {}
+            if frame is not None:
+                in_step = join_to_steps(frame, session.steps)
+                collected[config.label]["outside_steps"] = int(in_step.isna().sum())
+                tables[around.table] = frame.assign(in_step=in_step, config=config.label)
                 if progress:
-                    bar.write(f"gpuscope sweep: {config.label}: "
-                              f"{around.summary(frame, collected[config.label])}")
+                    bar.write(f"gpuscope sweep: {config.label}: {around.summary(frame, collected[config.label])}")
             pieces.append(session.trace(tables=tables, workload=workload))
     finally:
         bar.close()

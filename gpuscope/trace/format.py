@@ -79,7 +79,7 @@ _KERNELS = _Object({"clock": _Object({"offset_ns": _NUMBER, "residual_ns": _NUMB
                     "activities": _Each(_COUNT), "cost": dict, "outside_steps": _COUNT, "warning": str,
                     "profiled_from_ns": int, "profiled_to_ns": int})
 _STACKS = _Object({"clock": _Object({"origin_ns": _NUMBER, "residual_ns": _NUMBER}), "rate": _NUMBER, "pid": int,
-                   "target_exited": bool, "workload_from_ns": int, "workload_to_ns": int})
+                   "target_exited": bool, "workload_from_ns": int, "workload_to_ns": int, "outside_steps": _COUNT})
 META = _Object({
     "format": str, "format_version": int, "gpuscope_version": str, "source": str, "command": [str],
     "program": str, "exit": _EXIT, "ring": _RING, "engine": _ENGINE, "config_label": str, "crashed": bool,
