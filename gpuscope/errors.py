@@ -29,6 +29,10 @@ class TraceError(GpuscopeError):
     """A path that is not a readable gpuscope trace: no metadata, or metadata or tables that break the format."""
 
 
+class QueryError(GpuscopeError):
+    """SQL over traces cannot run: no trace to query, a statement that is not a query, or an error in the query."""
+
+
 class NativeBuildError(GpuscopeError):
     """Compiling gpuscope's native code failed."""
 

@@ -12,9 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
 # modules a function may import where it needs them: optional extras, libraries that load a native engine or a
-# browser, and the dashboard (gpuscope.live is callable from `import gpuscope`, which must not load the stack)
+# browser, the dashboard and the SQL database (gpuscope.live and gpuscope.query are callable from `import gpuscope`,
+# which must not load the stack or DuckDB)
 LOCAL_IMPORTS_ALLOWED = {"torch", "kaleido", "choreographer", "perfetto", "ipywidgets", "IPython", "plotly",
-                         "llama_cpp", "gpuscope.live.dashboard"}
+                         "llama_cpp", "gpuscope.live.dashboard", "gpuscope.query.database"}
 
 
 def _lint(folder: Path) -> subprocess.CompletedProcess:

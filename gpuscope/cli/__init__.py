@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "gpuscope.cli.sweep",
     "gpuscope.cli.doctor",
     "gpuscope.cli.compare",
+    "gpuscope.cli.query",
     "gpuscope.cli.collect",
     "gpuscope.cli.report",
     "gpuscope.cli.demo",

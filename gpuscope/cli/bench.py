@@ -1,6 +1,6 @@
 """`gpuscope bench ...`: benchmarks that print their figures (gpuscope.bench): the ring's emit cost and drain
-throughput, the engine's decode throughput with and without hooks, analysis time against event count, and the
-live dashboard's cost to the engine."""
+throughput, the engine's decode throughput with and without hooks, analysis time against event count, the live
+dashboard's cost to the engine, and SQL query time against the number of traces."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,11 @@ from gpuscope.bench import analysis as analysis_bench
 from gpuscope.bench import doctor as doctor_bench
 from gpuscope.bench import live as live_bench
 from gpuscope.bench import overhead as overhead_bench
+from gpuscope.bench import query as query_bench
 from gpuscope.bench import ring as ring_bench
 from gpuscope.cli.options import command_group, depths, output_path
 from gpuscope.engine.build import find_build
+from gpuscope.query import DEFAULT_MEMORY_LIMIT
 
 
 def register(subparsers) -> None:
@@ -23,6 +25,7 @@ def register(subparsers) -> None:
     _register_analysis(bench)
     _register_live(bench)
     _register_doctor(bench)
+    _register_query(bench)
 
 
 def _ring(args) -> int:
@@ -187,3 +190,26 @@ def _register_doctor(bench) -> None:
     parser.add_argument("--keep", metavar="DIR", help="save each scenario's problem and fixed runs as traces in DIR")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
     parser.set_defaults(func=_doctor)
+
+
+def _query(args) -> int:
+    counts = [int(count) for count in args.traces.split(",") if count.strip()]
+    results = query_bench.run(counts, Path(args.trace) if args.trace else None, args.memory_limit)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _register_query(bench) -> None:
+    parser = bench.add_parser(
+        "query", help="SQL query time and peak memory against the number of traces, on copies of a real trace",
+        description="Copies a real recorded trace under distinct names (by default the two-H200 tensor-split "
+                    "kernels trace of datasets/) to each count and times opening the set and three queries (a "
+                    "streaming aggregate, one joined to the traces' meta, and a DISTINCT that grows with the rows), "
+                    "each count in a fresh process for its peak RSS.")
+    parser.add_argument("--traces", default="1,10,100", help="trace counts, comma-separated (default 1,10,100)")
+    parser.add_argument("--trace", help="the real trace to copy (default: datasets/h200x2-splits/x2-kernels-tensor)")
+    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
+                        help=f"DuckDB's memory limit (default {DEFAULT_MEMORY_LIMIT})")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
+    parser.set_defaults(func=_query)

@@ -6,8 +6,7 @@ This package is callable, `gpuscope.live(...)` being the way in, while `gpuscope
 `gpuscope.live.events` stay importable as modules."""
 from __future__ import annotations
 
-import sys
-import types
+from gpuscope.extras import callable_package
 
 
 def live(source=None, **options):
@@ -22,10 +21,5 @@ def live(source=None, **options):
     return Dashboard(source, **options)
 
 
-class _CallablePackage(types.ModuleType):
-    def __call__(self, source=None, **options):
-        return live(source, **options)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+callable_package(__name__, live)
 __all__ = ["live"]

@@ -77,6 +77,14 @@ def load_trace(path: str | os.PathLike) -> Trace:
     """Open a trace written by `gpuscope record`, a sweep, or `save_trace`; a damaged one is a TraceError naming
     the file and the damage (gpuscope.trace.format checks it against docs/trace-format.md)."""
     path = Path(path)
+    meta = read_meta(path)
+    files = table_files(path)
+    tables = {file.stem: read_table(file, file.stem) for file in files}
+    return Trace(meta=meta, tables=tables, path=path)
+
+
+def read_meta(path: Path) -> dict:
+    """A trace folder's meta.json, checked against the format; a TraceError for anything else."""
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise TraceError(f"{path}: not a gpuscope trace (no meta.json)")
@@ -91,11 +99,15 @@ def load_trace(path: str | os.PathLike) -> Trace:
     if meta.get("format_version") != FORMAT_VERSION:
         raise TraceError(f"{path}: trace format version {meta.get('format_version')}, this gpuscope reads "
                          f"{FORMAT_VERSION}")
+    return meta
+
+
+def table_files(path: Path) -> list[Path]:
+    """A trace folder's table files, one per kind, each footer checked against the format (no data is read)."""
     try:
         files = sorted((path / "tables").glob("*.parquet"))
     except OSError as exc:
         raise TraceError(f"{path / 'tables'}: cannot be listed ({exc.strerror})") from None
     for file in files:
         check_table(file, file.stem)
-    tables = {file.stem: read_table(file, file.stem) for file in files}
-    return Trace(meta=meta, tables=tables, path=path)
+    return files
