@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from gpuscope.errors import QueryError
 from gpuscope.paths import datasets_dir
 from gpuscope.query import DEFAULT_MEMORY_LIMIT
 
@@ -55,15 +56,18 @@ def _measure(folder: str, memory_limit: str, queue) -> None:
     # needed only here.
     from gpuscope.query.database import TraceDatabase
 
-    timings, rows = {}, {}
+    timings, failed = {}, {}
     start = time.perf_counter()
     with TraceDatabase(f"{folder}/*.trace", memory_limit=memory_limit) as database:
         timings["open"] = time.perf_counter() - start
         for name, sql in QUERIES.items():
             start = time.perf_counter()
-            rows[name] = len(database.df(sql))
-            timings[name] = time.perf_counter() - start
-    queue.put({"seconds": timings, "rows": rows,
+            try:
+                database.df(sql)
+                timings[name] = time.perf_counter() - start
+            except QueryError as exc:  # one that does not fit its memory limit even spilling: a result too
+                timings[name], failed[name] = None, str(exc)
+    queue.put({"seconds": timings, "failed": failed,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -95,8 +99,11 @@ def run(counts: list[int], source: Path | None = None, memory_limit: str = DEFAU
             results.append(figures)
             seconds = figures["seconds"]
             print(f"{count:>6} {figures['decoded_mb']:>7.0f}MB {seconds['open']:>6.2f}s "
-                  + " ".join(f"{seconds[name]:>17.2f}s" for name in QUERIES)
+                  + " ".join(f"{'fails':>18}" if seconds[name] is None else f"{seconds[name]:>17.2f}s"
+                             for name in QUERIES)
                   + f" {figures['peak_rss_mb']:>7.0f}MB")
+            for name, error in figures["failed"].items():
+                print(f"       {name}: {error}")
         return results
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
