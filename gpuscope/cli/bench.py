@@ -38,6 +38,8 @@ def _ring(args) -> int:
         ("emit, 2 threads", results["emit_ns_p50_2t"], results["emit_ns_p99_2t"], "ns/event"),
         ("emit, no ring open", results["disabled_emit_ns_p50"], None, "ns/event"),
         ("baseline: clock_gettime", results["clock_gettime_ns_p50"], None, "ns/call"),
+        *([("baseline: rdtsc", results["rdtsc_ns_p50"], None, "ns/call")] if "rdtsc_ns_p50" in results else []),
+        ("baseline: one locked fetch-add", results["locked_rmw_ns_p50"], None, "ns/call"),
         ("baseline: mutex ring, 1 thread", results["mutex_ring_ns_p50_1t"], None, "ns/event"),
         ("baseline: mutex ring, 2 threads", results["mutex_ring_ns_p50_2t"], None, "ns/event"),
     ]

@@ -10,7 +10,9 @@
  * at a barrier; *_overlap_2t says how much of the run both threads really
  * ran at once (1.0: all of it). The ring is much smaller than the number of
  * events, so it wraps many times; writer_dropped counts records given up by
- * a producer that found its slot busy or lapped.
+ * a producer that found its slot busy or lapped. Two more references say what
+ * an emit's nanoseconds could be spent on: a raw TSC read (x86 only) and one
+ * uncontended locked read-modify-write (an emit does four of them).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -28,6 +30,10 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#  include <x86intrin.h>
+#  define HAVE_RDTSC 1
+#endif
 
 #define BATCH          32   /* events per timed batch */
 #define DISABLED_BATCH 1024 /* the disabled branch is below a nanosecond: amortize the timer more */
@@ -80,6 +86,22 @@ static void clock_batch(struct worker * w, unsigned n) {
         sum += gpuscope_now_ns();
     }
     w->counter += (uint64_t)sum & 1; /* keeps the calls observable */
+}
+
+#ifdef HAVE_RDTSC
+static void rdtsc_batch(struct worker * w, unsigned n) {
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < n; i++) {
+        sum += __rdtsc();
+    }
+    w->counter += sum & 1;
+}
+#endif
+
+static void locked_rmw_batch(struct worker * w, unsigned n) {
+    for (unsigned i = 0; i < n; i++) {
+        __atomic_fetch_add(&w->counter, 1, __ATOMIC_RELAXED);
+    }
 }
 
 static void mutex_ring_batch(struct worker * w, unsigned n) {
@@ -259,6 +281,10 @@ int main(int argc, char ** argv) {
     unlink(path);
 
     measure("clock_gettime_ns", "", clock_batch, 1, BATCH, events, 1);
+#ifdef HAVE_RDTSC
+    measure("rdtsc_ns", "", rdtsc_batch, 1, BATCH, events, 1);
+#endif
+    measure("locked_rmw_ns", "", locked_rmw_batch, 1, BATCH, events, 1);
     mutex_ring.mask    = capacity - 1;
     mutex_ring.records = calloc(capacity, sizeof(gpuscope_record));
     measure("mutex_ring_ns", "_1t", mutex_ring_batch, 1, BATCH, events, 1);
