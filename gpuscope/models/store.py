@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from gpuscope.log import say
 from gpuscope.paths import cache_root
 
 
@@ -19,8 +19,8 @@ def models_dir() -> Path:
 
 
 def progress(message: str) -> None:
-    """Progress goes to stderr so that stdout carries only results (the CLI prints a path last)."""
-    print(f"gpuscope: {message}", file=sys.stderr, flush=True)
+    """Progress, through gpuscope.log (stderr in a terminal, so stdout carries only results)."""
+    say(f"gpuscope: {message}")
 
 
 @contextmanager

@@ -11,11 +11,11 @@ import hashlib
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from gpuscope.errors import NativeBuildError
+from gpuscope.log import say
 from gpuscope.paths import cache_root, native_hooks_dir
 
 __all__ = ["native_hooks_dir", "ring_library", "ring_tool"]
@@ -69,7 +69,7 @@ def _build(output_name: str, sources: tuple[str, ...], extra_flags: tuple[str, .
     fd, temporary = tempfile.mkstemp(prefix=f".{output_name}.", dir=out_dir)
     os.close(fd)
     command = [*compiler, *flags, *(str(source_dir / s) for s in sources), "-o", temporary]
-    print(f"gpuscope: compiling {output_name} ...", file=sys.stderr, flush=True)
+    say(f"gpuscope: compiling {output_name} ...")
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 
 from gpuscope.analysis.facade import Analysis
 from gpuscope.compare.compare import Comparison, compare
+from gpuscope.log import say
 from gpuscope.runs.rounds import interleaved
 from gpuscope.runs.sweep import sweep
 from gpuscope.session.config import SplitConfig
@@ -57,5 +57,5 @@ def run_ab(build_a: str, build_b: str, out: str | os.PathLike, *, model: str | o
     comparison = compare(Analysis(traces["a"], **options), Analysis(traces["b"], **options),
                          labels=(f"A ({build_a})", f"B ({build_b})"))
     (out / "compare.json").write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
-    print(f"gpuscope ab: {rounds} rounds in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    say(f"gpuscope ab: {rounds} rounds in {time.monotonic() - started:.0f} s")
     return AbResult(trace_a=traces["a"], trace_b=traces["b"], comparison=comparison)

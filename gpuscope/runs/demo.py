@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from gpuscope.analysis.facade import Analysis
 from gpuscope.doctor.rules import diagnose
 from gpuscope.doctor.summary import summary_lines
 from gpuscope.engine.build import BuildSpec, build_engine
+from gpuscope.log import say
 from gpuscope.models import default_model
 from gpuscope.report.report import write_report
 from gpuscope.runs.notebooks import copy_notebooks
@@ -25,7 +25,7 @@ DEFAULT_STEPS = 16
 
 
 def _say(message: str) -> None:
-    print(f"gpuscope demo: {message}", file=sys.stderr, flush=True)
+    say(f"gpuscope demo: {message}")
 
 
 def demo(out: str | os.PathLike, *, model: str | os.PathLike = "default", engine: str | None = None,

@@ -3,9 +3,9 @@
 of a remedy both measure this way."""
 from __future__ import annotations
 
-import sys
 from typing import Callable, Mapping
 
+from gpuscope import log
 from gpuscope.trace.model import Trace
 
 
@@ -18,6 +18,6 @@ def interleaved(arms: Mapping[str, Callable[[int], Trace]], rounds: int, *, say:
     for round_index in range(rounds):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
-            print(f"{say}: round {round_index + 1}/{rounds}: {name}", file=sys.stderr, flush=True)
+            log.say(f"{say}: round {round_index + 1}/{rounds}: {name}")
             pieces[name].append(arms[name](round_index))
     return pieces

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gpuscope.errors import EngineCrashedError, SplitConfigError
+from gpuscope.log import say
 from gpuscope.models import default_model
 from gpuscope.session.binding import resolve_engine
 from gpuscope.session.config import SplitConfig
@@ -179,7 +180,7 @@ class SweepProgress:
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         else:
-            print(message, file=sys.stderr)
+            say(message)
 
     def close(self) -> None:
         if self._bar is not None:

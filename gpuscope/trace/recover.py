@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from gpuscope.errors import GpuscopeError
+from gpuscope.log import say
 from gpuscope.ring.reader import RingReader
 from gpuscope.trace.model import Trace, load_trace, save_trace
 from gpuscope.trace.ringtap import RingTap
@@ -146,7 +146,7 @@ def recover_abandoned(ring_folder: Path, prefix: str, *, quiet: bool = False) ->
             continue  # not a claim we wrote, or its recorder still runs
         note = _finish_abandoned(claim_path.with_suffix(".ring"), Path(str(info.get("out"))), finished)
         if note and not quiet:
-            print(f"gpuscope record: {note}", file=sys.stderr)
+            say(f"gpuscope record: {note}")
     return finished
 
 
