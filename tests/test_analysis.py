@@ -7,13 +7,14 @@ import pandas as pd
 import pytest
 from gguf import GGUFReader
 
-from analysis_traces import batches, bench, dataset, eval_callback, rpc, stacks, tiny_model
+from analysis_traces import DATASETS, batches, bench, dataset, eval_callback, rpc, stacks, tiny_model
 from gpuscope.analysis import Analysis
 from gpuscope.analysis.budget import step_budget
 from gpuscope.doctor.rules import diagnose
 from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
 from gpuscope.analysis.stats import bootstrap_median_difference, robust_line
 from gpuscope.trace.combine import combine
+from gpuscope.trace.model import load_trace
 
 
 def test_step_table_from_the_decode_hooks() -> None:
@@ -88,6 +89,22 @@ def test_context_fit_floor_and_breakpoints_on_gpu_runs() -> None:
     # every depth starts a new KV view: the breakpoints carry that event
     events = " ".join(off.breakpoints["events"])
     assert "KV view" in events or off.breakpoints.empty is False
+
+
+def test_several_fold_growth_along_the_context_is_located_where_no_slope_changes() -> None:
+    """The KV cache on the host makes every step read it over PCIe: step time grows several-fold, smoothly, with no
+    change of slope to find. Its fixed run (KV on the GPU) grows by a few percent. Both recorded on the H200."""
+    problem = Analysis(load_trace(DATASETS.parent / "h200-bench-doctor" / "kv-cache-on-the-host.trace"))
+    fixed = Analysis(load_trace(DATASETS.parent / "h200-bench-doctor" / "kv-cache-on-the-host-fixed.trace"))
+    grown = problem.breakpoints[problem.breakpoints["change"].str.contains("x the first steps")]
+    assert len(grown) >= 1
+    first = grown.iloc[0]
+    assert first["change"] == "4x the first steps" and first["wall_after_ns"] >= 4 * first["wall_before_ns"]
+    assert 0 < first["context"] < problem.steps["context"].max()
+    assert not fixed.breakpoints["change"].str.contains("x the first steps").any()
+    # the two-GPU layer split with its KV on the host: growth found although no level or slope change is
+    two_gpu = Analysis(load_trace(DATASETS.parent / "h200x2-splits" / "x2-sm-layer-nkvo.trace")).breakpoints
+    assert list(two_gpu["change"]) == ["4x the first steps"]
 
 
 def test_allocator_per_step_and_churn() -> None:

@@ -91,8 +91,10 @@ def _describe(row) -> str:
 
 
 def find_breakpoints(steps: pd.DataFrame, events: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Contexts where step time changes level or slope, per (configuration, batch size), with the events of the
-    steps around each change (`events`: the output of `step_events`)."""
+    """Contexts where step time changes level or slope, and where it has grown 2x, 4x, 8x... over the first steps
+    (smooth growth has no change of slope, yet a reader must see where a run got several times slower), per
+    (configuration, batch size), with the events of the steps around each (`events`: the output of `step_events`).
+    `change` says which: "level or slope", "2x the first steps", or both."""
     rows = []
     by_step = events.set_index("step") if events is not None and len(events) else None
     for (config, n_tokens), group in _fit_steps(steps).groupby(GROUP, sort=True):
@@ -100,21 +102,46 @@ def find_breakpoints(steps: pd.DataFrame, events: pd.DataFrame | None = None) ->
             continue
         bins = bin_medians(group["context"].to_numpy(), group["wall_ns"].to_numpy(),
                            max_bins=max(6, min(120, len(group) // 4)))
-        for k in breakpoints(bins):
-            before, after = bins.y[max(k - 3, 0):k], bins.y[k:k + 3]
-            context_at = float(bins.lo[k])
+        changes = {k: ["level or slope"] for k in breakpoints(bins)}
+        first_level = float(np.median(bins.y[:3]))
+        for k, fold in _growth_milestones(bins.y, first_level).items():
+            at = next((b for b in changes if abs(b - k) <= 1), k)
+            changes.setdefault(at, []).append(f"{fold}x the first steps")
+        for k, what in sorted(changes.items()):
+            grown = not what[0].startswith("level")
+            before = bins.y[:3] if grown else bins.y[max(k - 3, 0):k]
             # the steps around the change: those of the two bins it separates
-            near = group[(group["context"] >= bins.lo[k - 1]) & (group["context"] <= bins.hi[k])]
-            what = "no engine event"
-            if by_step is not None:
-                rows_near = by_step.loc[by_step.index.intersection(near["step"])]
-                what = "; ".join(sorted({_describe(r) for r in rows_near.itertuples()} - {"no engine event"})) \
-                    or "no engine event"
-            rows.append({"config": config, "n_tokens": int(n_tokens), "context": context_at,
-                         "wall_before_ns": float(np.median(before)), "wall_after_ns": float(np.median(after)),
-                         "steps": near["step"].tolist(), "events": what})
-    return pd.DataFrame(rows, columns=["config", "n_tokens", "context", "wall_before_ns", "wall_after_ns", "steps",
-                                       "events"])
+            near = group[(group["context"] >= bins.lo[max(k - 1, 0)]) & (group["context"] <= bins.hi[k])]
+            # a level change sits at its bin's first context; growth at the context its bin's steps ran at
+            rows.append({"config": config, "n_tokens": int(n_tokens),
+                         "context": float(bins.x[k] if grown else bins.lo[k]),
+                         "change": ", ".join(what), "wall_before_ns": float(np.median(before)),
+                         "wall_after_ns": float(np.median(bins.y[k:k + 3])), "steps": near["step"].tolist(),
+                         "events": _events_near(by_step, near["step"])})
+    return pd.DataFrame(rows, columns=["config", "n_tokens", "context", "change", "wall_before_ns", "wall_after_ns",
+                                       "steps", "events"])
+
+
+def _growth_milestones(levels: np.ndarray, first_level: float) -> dict[int, int]:
+    """First bin -> fold, for the folds 2, 4, 8, ... of `first_level` that the binned levels reach and keep (the
+    bin and the next two at or over it: one slow bin is noise, not growth); a bin reaching several folds at once
+    (a jump between depths) keeps the largest."""
+    kept = np.array([np.median(levels[k:k + 3]) for k in range(len(levels))])
+    milestones: dict[int, int] = {}
+    fold = 2
+    while first_level > 0 and (reached := np.flatnonzero((levels >= fold * first_level) &
+                                                         (kept >= fold * first_level))).size:
+        milestones[int(reached[0])] = fold
+        fold *= 2
+    return milestones
+
+
+def _events_near(by_step: pd.DataFrame | None, near_steps: pd.Series) -> str:
+    if by_step is None:
+        return "no engine event"
+    rows_near = by_step.loc[by_step.index.intersection(near_steps)]
+    return "; ".join(sorted({_describe(r) for r in rows_near.itertuples()} - {"no engine event"})) \
+        or "no engine event"
 
 
 def placement_shares(memory_by_owner: pd.DataFrame, model: ModelBytes | None = None) -> dict[str, dict[str, float]]:
