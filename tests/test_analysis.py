@@ -107,6 +107,20 @@ def test_several_fold_growth_along_the_context_is_located_where_no_slope_changes
     assert list(two_gpu["change"]) == ["4x the first steps"]
 
 
+def test_floor_of_a_speculative_run_covers_the_target_and_ignores_host_copies_of_tied_embeddings() -> None:
+    """H200 runs of the synthetic 1B llama (tied embeddings: the engine keeps a host copy of the token embeddings
+    beside the device's, and reads a few rows of it per step). Given the device's bandwidth, the floor needs no host
+    bandwidth, and a draft model's steps get no floor computed from the target's bytes."""
+    runs = DATASETS.parent / "h200-bench-doctor"
+    fixed = Analysis(load_trace(runs / "kv-cache-on-the-host-fixed.trace"), bandwidth={"CUDA0": 4800})
+    assert fixed.floor["floor_ns"].notna().all() and 0 < fixed.floor["efficiency"].max() <= 1
+    speculative = Analysis(load_trace(runs / "speculation-with-a-draft-that-never-agrees.trace"),
+                           bandwidth={"CUDA0": 4800})
+    roles = speculative.steps.set_index("step")["role"]
+    assert set(roles[speculative.floor["step"]]) == {"target"} and (roles == "draft").any()
+    assert speculative.floor["efficiency"].max() <= 1
+
+
 def test_allocator_per_step_and_churn() -> None:
     a = Analysis(rpc("rpc-alternating", build="alternating"))
     per_step = a.allocator[a.allocator["step"].isin(a.complete_steps["step"])]

@@ -149,12 +149,16 @@ def placement_shares(memory_by_owner: pd.DataFrame, model: ModelBytes | None = N
     the output of `memory.placement`).
 
     The engine keeps the token embeddings on the host, where a step reads only its tokens' rows: the host's
-    weight bytes count less the model's unread bytes."""
+    weight bytes count less the model's unread bytes, and less any copy of a tensor a device also holds."""
     shares = {}
     for owner in ("weights", "kv"):
         part = memory_by_owner[memory_by_owner["owner"] == owner].groupby("location")["bytes"].sum()
         if owner == "weights" and model is not None and HOST in part.index:
-            part[HOST] = max(0, part[HOST] - (model.weight_bytes - model.weight_bytes_per_step))
+            unread = model.weight_bytes - model.weight_bytes_per_step
+            # bytes placed beyond the model's are a host copy of a tensor that is also on a device: tied token
+            # embeddings, whose host copy gives a step only its tokens' rows
+            duplicated = max(0, part.sum() - model.weight_bytes)
+            part[HOST] = max(0, part[HOST] - unread - duplicated)
         total = part.sum()
         shares[owner] = {location: value / total for location, value in part.items() if value > 0} if total else {}
     return shares

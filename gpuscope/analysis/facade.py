@@ -135,10 +135,12 @@ class Analysis:
 
     @functools.cached_property
     def floor(self) -> pd.DataFrame | None:
-        """Per complete step: bandwidth floor, bytes read and efficiency (NaN where a device's bandwidth is
-        unknown); None without the model's byte counts."""
+        """Per complete step of the target model: bandwidth floor, bytes read and efficiency (NaN where a device's
+        bandwidth is unknown); None without the model's byte counts."""
         parts = []
-        for config, steps in self.complete_steps.groupby("config", sort=False):
+        # the recorded byte counts are the target model's: a draft model's steps read another model
+        target_steps = self.complete_steps[self.complete_steps["role"] != "draft"]
+        for config, steps in target_steps.groupby("config", sort=False):
             model = self.model_of(config)
             if model is None:
                 return None
