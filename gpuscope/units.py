@@ -20,6 +20,7 @@ SIGNIFICANT = 3
 MISSING = "-"
 ARROW = "->"
 SMALLEST_PERCENT = 0.001
+MIB = 1 << 20
 # a list in running text stops here and says how long it was
 LIST_ITEMS = 10
 # the columns that say where a row came from, not what it measured: last in a table, shown as recorded
@@ -28,7 +29,7 @@ TIME_UNITS = {"ns": 1.0, "us": 1e3, "ms": 1e6}
 SHARE_WORDS = {"share", "shares", "efficiency", "deviation", "tolerance", "acceptance"}
 RATIO_WORDS = {"slowdown", "speedup", "ratio"}
 _DURATION_STEPS = ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1.0, "ns"))
-_SIZE_STEPS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
+_SIZE_STEPS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (MIB, "MiB"), (1 << 10, "KiB"), (1, "B"))
 
 
 def _missing(value) -> bool:

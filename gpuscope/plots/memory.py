@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gpuscope.analysis.memory import timeline
-from gpuscope.plots.style import MIB, TEMPLATE, category_color, empty, figure, seconds_since, text
-from gpuscope.units import number, size
+from gpuscope.plots.style import TEMPLATE, category_color, empty, figure, seconds_since, text
+from gpuscope.units import MIB, number, size
 
 MAPPED = " (mapped file)"
 

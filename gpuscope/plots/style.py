@@ -21,7 +21,6 @@ CATEGORY_COLORS = {
     "copy": "#FFA15A", "reserve": "#FF6692", "host_prepare": "#B6E880", "host_scheduling": "#19D3F3",
     "host_after_compute": "#FECB52", "idle": "#E5E5E5", "unexplained_ns": "#BAB0AC",
 }
-MIB = 1 << 20
 
 
 def text(value) -> str:
