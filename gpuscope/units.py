@@ -24,7 +24,7 @@ MIB = 1 << 20
 # a list in running text stops here and says how long it was
 LIST_ITEMS = 10
 # the columns that say where a row came from, not what it measured: last in a table, shown as recorded
-BOOKKEEPING = ("seq", "ts_ns", "at_ns", "tid", "pid", "process", "run")
+BOOKKEEPING = ("seq", "ts_ns", "at_ns", "tid", "pid", "process")
 TIME_UNITS = {"ns": 1.0, "us": 1e3, "ms": 1e6}
 SHARE_WORDS = {"share", "shares", "efficiency", "deviation", "tolerance", "acceptance"}
 RATIO_WORDS = {"slowdown", "speedup", "ratio"}

@@ -283,7 +283,7 @@ class Comparison:
     def sections(self) -> list[tuple[str, pd.DataFrame]]:
         changed_counts = self.event_counts[self.event_counts["per_step_delta"].abs() > 1e-9]
         return [
-            ("Step time per context bucket (B - A, median; 95% bootstrap interval)", self._step_time_view()),
+            ("Step time per context bucket (B - A, median; 95% bootstrap interval)", self.step_time_table()),
             ("Findings", self.findings.drop(columns=["trace", "index"])),
             ("Event counts that changed (per step)", changed_counts),
             ("FlashAttention plans added / removed", self.fa_plans),
@@ -291,7 +291,7 @@ class Comparison:
             ("Syncs per step", self.syncs),
         ]
 
-    def _step_time_view(self) -> pd.DataFrame:
+    def step_time_table(self) -> pd.DataFrame:
         """Key columns first; the difference and its interval in one column; the verdict as a speed-up."""
         view = self.step_time.rename(columns={"ci_low_ns": "diff_ns_ci_low", "ci_high_ns": "diff_ns_ci_high"})
         view["change"] = [speed_change(a, b, n).split(":")[0] if verdict != "no clear difference" else verdict
