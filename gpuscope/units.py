@@ -21,6 +21,7 @@ MISSING = "-"
 ARROW = "->"
 SMALLEST_PERCENT = 0.001
 MIB = 1 << 20
+MIN_CELL = 8  # a table column is cut no narrower than this; columns that do not fit so are left out
 # a list in running text stops here and says how long it was
 LIST_ITEMS = 10
 # the columns that say where a row came from, not what it measured: last in a table, shown as recorded
@@ -263,10 +264,11 @@ def text_table(frame: pd.DataFrame, *, width: int, rows: int | None = None, inde
     columns, used = [], 0
     for i, heading in enumerate(cells.columns):
         column = [heading] + cells[heading].tolist()
-        # the first column and the last may take what room there is; those between, max_cell
+        # the first column and the last may take what room there is; those between are cut at max_cell
         widest = room if not columns else room - used - 2 if i == len(cells.columns) - 1 else max_cell
-        size = min(max(map(len, column)), max(widest, len(heading)))
-        if columns and used + 2 + size > room:
+        natural = max(map(len, column))
+        size = min(natural, max(widest, min(len(heading), max_cell)))
+        if columns and (used + 2 + size > room or size < min(natural, MIN_CELL)):
             break
         columns.append(([_cut(c, size) for c in column], size, right[i]))
         used += size + (2 if len(columns) > 1 else 0)

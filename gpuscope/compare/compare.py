@@ -17,7 +17,7 @@ from gpuscope.analysis.facade import Analysis
 from gpuscope.analysis.stats import bootstrap_median_difference
 from gpuscope.doctor.findings import Finding, json_ready
 from gpuscope.doctor.rules import diagnose
-from gpuscope.units import duration_range, speed_change, terminal_width, text_table, wrap
+from gpuscope.units import ARROW, duration_range, speed_change, terminal_width, text_table, wrap
 
 # The column that tells events of a kind apart, where one does.
 REASON_COLUMNS = {"gallocr_realloc": "reason", "sync": "reason", "sched_reserve": "trigger", "fa_plan": "kernel",
@@ -308,8 +308,10 @@ class Comparison:
         for label, name, analysis in zip(self.labels, self.names, (self.a, self.b)):
             lines += wrap(f"{label}: {name} ({analysis.trace.path})", width)
         lines += ["", "what differs:"]
-        lines += text_table(self.differences, width=width, rows=rows, indent="  ") if len(self.differences) \
-            else ["  nothing their meta.json records"]
+        for row in self.differences.itertuples() if len(self.differences) else []:
+            lines += wrap(f"{row.what}: {row.a} {ARROW} {row.b}", width, indent="  ")
+        if not len(self.differences):
+            lines.append("  nothing their meta.json records")
         lines.append("")
         verdicts = self.verdict_lines()
         for line in verdicts or ["no step-time difference whose interval excludes zero"]:
