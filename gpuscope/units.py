@@ -19,7 +19,7 @@ import pandas as pd
 SIGNIFICANT = 3
 MISSING = "-"
 ARROW = "->"
-SMALLEST_PERCENT = 0.001
+SMALLEST_PERCENT = 0.001  # a share below this many percent is said as '<0.001%'
 MIB = 1 << 20
 MIN_CELL = 8  # a table column is cut no narrower than this; columns that do not fit so are left out
 # a list in running text stops here and says how long it was
@@ -74,17 +74,13 @@ def duration(ns, *, signed: bool = False) -> str:
     return f"{number(float(ns) / size, signed=signed)} {unit}"
 
 
-def durations(values_ns, *, signed: bool = False) -> tuple[list[str], str]:
-    """Several durations as numbers in the unit of the largest, and that unit: (['15.6', '1.41'], 'ms')."""
-    known = [float(v) for v in values_ns if not _missing(v)]
-    size, unit = _step(max(map(abs, known)), _DURATION_STEPS) if known else (1.0, "ns")
-    return [number(v / size, signed=signed) if not _missing(v) else MISSING for v in map(float, values_ns)], unit
-
-
-def duration_range(first_ns, last_ns, *, between: str = ARROW, signed: bool = False) -> str:
-    """'15.6 -> 1.41 ms' (before and after), or with between=' to ', '-7.14 to -6.99 ms' (an interval)."""
-    (first, last), unit = durations([first_ns, last_ns], signed=signed)
-    return f"{first}{between if between.startswith(' ') else f' {between} '}{last} {unit}"
+def duration_range(first_ns, last_ns, *, between: str = f" {ARROW} ", signed: bool = False) -> str:
+    """Two durations in the unit of the larger, said once: '15.6 -> 1.41 ms' (before and after), with between=
+    ' to ' '-7.14 to -6.99 ms' (an interval), with ' of ' '20.8 of 21.9 ms'."""
+    known = [abs(float(v)) for v in (first_ns, last_ns) if not _missing(v)]
+    step, unit = _step(max(known), _DURATION_STEPS) if known else (1.0, "ns")
+    first, last = (MISSING if _missing(v) else number(float(v) / step, signed=signed) for v in (first_ns, last_ns))
+    return f"{first}{between}{last} {unit}"
 
 
 def size(n_bytes) -> str:
@@ -181,10 +177,18 @@ def value(v, name: str = "") -> str:
     unit = unit_of(name)
     if unit == "id":
         return str(int(v)) if float(v).is_integer() else str(v)
-    scale = next((TIME_UNITS[w] for w in str(name).lower().split("_") if w in TIME_UNITS), 1.0)
-    return {"duration": lambda: duration(float(v) * scale), "size": lambda: size(v),
-            "rate": lambda: f"{size(v)}/s", "share": lambda: share(v), "percent": lambda: f"{number(v)}%",
-            "ratio": lambda: times(v)}.get(unit, lambda: number(v))()
+    if unit == "duration":
+        scale = next(TIME_UNITS[w] for w in str(name).lower().replace(" ", "_").split("_") if w in TIME_UNITS)
+        return duration(float(v) * scale)
+    if unit == "size":
+        return size(v)
+    if unit == "rate":
+        return f"{size(v)}/s"
+    if unit == "share":
+        return share(v)
+    if unit == "percent":
+        return f"{number(v)}%"
+    return times(v) if unit == "ratio" else number(v)
 
 
 def as_table(v) -> pd.DataFrame | None:
@@ -214,7 +218,7 @@ def _bounds(columns) -> dict:
 
 def human(frame: pd.DataFrame, *, unit_name: str = "") -> pd.DataFrame:
     """A table for people: each cell a string in its column's unit, headings without unit suffixes, a measure and
-    its interval in one cell ('1.65 ms (1.64 ms to 1.67 ms)'; the bounds take the measure's unit), bookkeeping
+    its interval in one cell ('1.65 ms (1.64 to 1.67)'; the bounds take the measure's unit), bookkeeping
     columns (sequence numbers, timestamps, process ids) last. unit_name: the name whose unit applies to columns
     whose own names say none (a table of shares by category)."""
     bounds = _bounds(frame.columns)
@@ -252,7 +256,8 @@ def _numeric(frame: pd.DataFrame, column) -> bool:
 def text_table(frame: pd.DataFrame, *, width: int, rows: int | None = None, indent: str = "",
                unit_name: str = "", max_cell: int = 40) -> list[str]:
     """A table as aligned lines no wider than `width`: its first `rows` rows, the columns that fit (in order, key
-    columns first; those with no value at all left out), long cells cut, and a line that says what was left out."""
+    columns first; those with no value at all left out), cells between the first and the last cut at max_cell, and
+    a line that says what was left out."""
     if frame is None or not len(frame):
         return [f"{indent}(none)"]
     chosen = frame.head(rows) if rows is not None else frame

@@ -312,10 +312,9 @@ class Comparison:
             lines += wrap(f"{row.what}: {row.a} {ARROW} {row.b}", width, indent="  ")
         if not len(self.differences):
             lines.append("  nothing their meta.json records")
-        lines.append("")
-        verdicts = self.verdict_lines()
-        for line in verdicts or ["no step-time difference whose interval excludes zero"]:
-            lines += wrap(line, width)
+        lines += ["", "verdict:"]
+        for line in self.verdict_lines() or ["no step-time difference whose interval excludes zero"]:
+            lines += wrap(line, width, indent="  ")
         for title, table in self.sections():
             lines += ["", f"== {title}"] + text_table(table, width=width, rows=rows)
         return "\n".join(lines)

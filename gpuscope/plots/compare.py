@@ -59,8 +59,8 @@ def before_after(step_time: pd.DataFrame, steps_a: pd.DataFrame, steps_b: pd.Dat
             x=centers, y=ms(rows["diff_ns"]), mode="lines+markers", name=f"difference{suffix}",
             line=dict(color="#333", width=2),
             hovertext=[f"context {int(r.context_from)}+: {duration(r.diff_ns, signed=True)} "
-                       f"({number(r.diff_pct, signed=True)}%), 95% interval {duration_range(r.ci_low_ns, r.ci_high_ns, between=' to ', signed=True)}: "
-                       f"{text(r.verdict)}"
+                       f"({number(r.diff_pct, signed=True)}%), 95% interval "
+                       f"{duration_range(r.ci_low_ns, r.ci_high_ns, between=' to ', signed=True)}: {text(r.verdict)}"
                        for r in rows.itertuples()], hoverinfo="text"), row=2, col=1)
     fig.add_hline(y=0, line=dict(color="#888", width=1, dash="dot"), row=2, col=1)
     fig.update_yaxes(title_text="step time (ms)", rangemode="tozero", row=1, col=1)

@@ -66,7 +66,8 @@ def _finding(f, anchor: str = "") -> str:
         checked = (f"<p><b>Predicted:</b> {esc(predicted)} &middot; <b>Verified:</b> {esc(f.verified_text())}</p>")
     where = f" id='{esc(anchor)}'" if anchor else ""
     return (f"<div class='finding {esc(f.severity)}'{where}><h3>"
-            f"<span class='badge {esc(f.severity)}'>{esc(f.severity)}</span><code>{esc(f.id)}</code><span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
+            f"<span class='badge {esc(f.severity)}'>{esc(f.severity)}</span><code>{esc(f.id)}</code>"
+            f"<span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
             f"{checked}"
             f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
             f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
