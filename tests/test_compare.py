@@ -3,12 +3,18 @@ end on the CPU (the fork-like build that churns its allocator against the stock 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from analysis_traces import alternating_engine, bench, engine, rpc, scratch, tiny_model
 from gpuscope.analysis import Analysis
 from gpuscope.compare.compare import compare, context_bucket
+from gpuscope.report import compare_html
 from gpuscope.trace.model import load_trace
 
 
@@ -39,7 +45,7 @@ def test_compare_two_builds() -> None:
             assert row.ci_low_ns <= 0 <= row.ci_high_ns
     assert len(result.step_time) >= 1
     assert json.dumps(result.to_dict())  # JSON-ready
-    assert "<table" in result.to_html()
+    assert "<table" in compare_html(result)
 
 
 def test_compare_a_run_with_itself_has_no_verdict() -> None:
@@ -96,3 +102,53 @@ def test_bench_analysis_scales_a_real_trace() -> None:
     for f in figures:
         assert f["events"] >= f["target"] and f["events"] == f["copies"] * per_copy
         assert f["steps"] == f["copies"] * len(source.tables["decode_begin"]) and f["findings"] == []
+
+
+DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+SPEED = re.compile(r"\[([^\]]+), 1 token\(s\), context (\d+)\+\] B is ([\d.]+)x (faster|slower): ([\d.]+) -> ([\d.]+) "
+                   r"ms/token, ([\d.]+) -> ([\d.]+) tokens/s")
+
+
+def _decode_median_ms(trace: Path, low: int, high: int) -> float:
+    steps = Analysis(trace).complete_steps
+    chosen = steps[(steps["n_tokens"] == 1) & (steps["context"] >= low) & (steps["context"] < high)]
+    return float(np.median(chosen["wall_ns"])) / 1e6
+
+
+def test_a_problem_and_its_fix_read_as_a_speed_up_and_what_differs() -> None:
+    """The H200's KV cache on the host against the same run with it on the GPU: labelled differently ('kv on host',
+    'kv on the GPU'), one configuration each, so they pair; the text says the speed-up per context bucket as a ratio
+    with ms/token and tokens/s, from the traces' own medians, and names the setting that differs."""
+    a, b = DATASETS / "h200-bench-doctor" / "kv-cache-on-the-host.trace", \
+        DATASETS / "h200-bench-doctor" / "kv-cache-on-the-host-fixed.trace"
+    done = subprocess.run([sys.executable, "-m", "gpuscope.cli", "compare", str(a), str(b), "--width", "100"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert max(map(len, text.splitlines())) <= 100
+    words = " ".join(text.split())  # lines wrapped at the width
+    assert words.startswith("A: kv-cache-on-the-host (") and " B: kv-cache-on-the-host-fixed (" in words
+    assert "configuration: offload_kqv: False -> True" in words
+    found = {int(m[2]): m for m in SPEED.finditer(words)}
+    assert set(found) == {0, 2048, 4096}
+    for low, high in ((0, 256), (2048, 4096), (4096, 8192)):
+        match = found[low]
+        before, after = _decode_median_ms(a, low, high), _decode_median_ms(b, low, high)
+        assert match[1] == "kv on host / kv on the GPU" and match[4] == "faster"
+        assert float(match[3]) == pytest.approx(before / after, rel=0.006)
+        assert float(match[5]) == pytest.approx(before, rel=0.006)
+        assert float(match[6]) == pytest.approx(after, rel=0.006)
+        assert float(match[7]) == pytest.approx(1e3 / before, rel=0.006)
+        assert float(match[8]) == pytest.approx(1e3 / after, rel=0.006)
+    assert float(found[4096][3]) > 10  # the issue's 11x: no '% faster' that reads as less
+    assert "% faster" not in text and "disappeared  copies.cross-device" in text
+
+
+def test_a_command_line_difference_is_named() -> None:
+    """Two llama-bench recordings on two H200s: the flag that differs, with its value, and the depths."""
+    comparison = compare(Analysis(DATASETS / "h200x2-splits" / "x2-sm-layer-nkvo.trace"),
+                         Analysis(DATASETS / "h200x2-splits" / "x2-sm-layer-ts1-1.trace"))
+    assert comparison.names == ("x2-sm-layer-nkvo", "x2-sm-layer-ts1-1")
+    changes = comparison.differences[comparison.differences["what"] == "command"]
+    assert changes[["a", "b"]].values.tolist() == [["-nkvo 1", "(none)"], ["-d 0,2048", "-d 0,8192,32768"]]
+    assert [line.split(" B is ")[1].split(":")[0] for line in comparison.verdict_lines()] == ["2.55x faster"]

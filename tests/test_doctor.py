@@ -4,6 +4,7 @@ silent. CPU traces are recorded here (analysis_traces); GPU traces and the engin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_cross_device_copies_of_a_kv_cache_kept_apart() -> None:
 def test_context_growth_above_the_floor() -> None:
     finding = findings(dataset("gpu-8b8l-fa-off"))["context.growth-above-floor"]
     evidence = finding.evidence
-    assert evidence["long_context_slope_ci"][0] > 2.5 * evidence["floor_slope_ns_per_cell"]
+    assert evidence["long_context_slope_ci_ns_per_cell"][0] > 2.5 * evidence["floor_slope_ns_per_cell"]
     assert evidence["bandwidth"][0]["source"] == "measured"
     assert "context.growth-above-floor" not in findings(dataset("gpu-8b8l-fa-on"))
 
@@ -176,3 +177,25 @@ def test_doctor_cli_text_and_json() -> None:
     bad = subprocess.run([sys.executable, "-m", "gpuscope.cli", "doctor", path, "--bandwidth", "CPU"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "DEVICE=GBPS" in bad.stderr
+
+
+H200_RUNS = Path(__file__).resolve().parent.parent / "datasets" / "h200-bench-doctor"
+SCIENTIFIC = re.compile(r"\d[eE][+-]?\d")
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_doctor_text_keeps_to_the_width_in_human_units(width) -> None:
+    """The issue's terminal output (a recorded H200 run with a configurations table, dict evidence and a 17-column
+    budget table): every line within --width, no Python dicts, no scientific notation, tables cut to --rows."""
+    done = subprocess.run([sys.executable, "-m", "gpuscope.cli", "doctor",
+                           str(H200_RUNS / "partial-offload-as-one-sweep-with-all-layers.trace"),
+                           "--width", str(width), "--rows", "3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= width, max(lines, key=len)
+    assert "{" not in done.stdout and "}" not in done.stdout
+    assert not SCIENTIFIC.search(done.stdout), SCIENTIFIC.search(done.stdout)
+    assert "[CRITICAL] placement.partial-offload" in done.stdout
+    assert "weight_bytes_by_location: CPU 1.51 GiB, CUDA0 1.28 GiB" in done.stdout
+    assert "3 of 94 rows" in done.stdout  # the budget rows, cut to --rows
+    assert any(line.split()[:3] == ["0", "8", "of"] and "13.6x slower" in line for line in lines)

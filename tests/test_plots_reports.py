@@ -17,9 +17,10 @@ from gpuscope.doctor.rules import diagnose
 from gpuscope.analysis import Analysis
 from gpuscope.compare.compare import compare
 from gpuscope.errors import StaticExportUnavailableError
-from gpuscope.plots import (before_after, copy_matrix, event_markers, fa_plan_table, memory_over_time,
-                            standard_figures, step_time_vs_context)
+from gpuscope.plots import (before_after, comparison_figures, copy_matrix, event_markers, fa_plan_table,
+                            memory_over_time, standard_figures, step_time_vs_context)
 from gpuscope.report import export_pdf, export_png, find_browser, write_compare_report, write_report
+from gpuscope.units import value
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 MARKUP_NAME = "l_out<img/src=x/onerror=alert(1)>-2"  # the test patch's layer output name, layer 2 (RPC0 -> RPC1)
@@ -165,7 +166,9 @@ def test_report_lists_findings_with_their_evidence(tmp_path) -> None:
     finding = diagnose(a)[0]
     assert finding.id == "sync.eval-callback"
     assert f"<code>{finding.id}</code>" in page and "Likely cause:" in page
-    assert str(finding.evidence["syncs_per_step"]) in page
+    # the evidence in its units, as the text says it
+    assert f"<th>syncs_per_step</th><td><span>{value(finding.evidence['syncs_per_step'], 'syncs_per_step')}</span>" \
+        in page
 
 
 def test_report_cli_and_its_errors(tmp_path) -> None:
@@ -185,7 +188,7 @@ def test_compare_cli_writes_the_compare_report(tmp_path) -> None:
                            str(dataset("gpu-8b8l-fa-on")), "-o", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     page = out.read_text()
-    assert "B faster" in page and page.count("Plotly.newPlot(") == 3 and ">Verdict</h2>" in page
+    assert "x faster" in page and page.count("Plotly.newPlot(") == 3 and ">Verdict</h2>" in page
 
 
 def test_static_export_says_what_is_missing_without_a_browser(tmp_path, monkeypatch) -> None:
@@ -209,3 +212,44 @@ def test_png_and_pdf_through_the_browser(tmp_path) -> None:
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 20_000
     compare_page = write_compare_report(compare(analysis, analysis), tmp_path / "c.html")
     assert "No step-time difference" in compare_page.read_text()
+
+
+# a number in scientific notation as Python and plotly write it (1.6e+10, 1e-05), not a hash's '5e3'
+SCIENTIFIC = re.compile(r"(?<![\w.])\d+(?:\.\d+)?[eE][+-]\d+")
+
+
+def visible_text(page: str) -> str:
+    """What a reader sees of a page: no scripts (plotly.js and the figures' JSON), no style, no tags."""
+    shown = re.sub(r"<script.*?</script>|<style.*?</style>", " ", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", shown))
+
+
+def test_compare_report_names_the_traces_shares_its_axes_and_links_the_findings(tmp_path) -> None:
+    a = Analysis(DATASETS / "h200-bench-doctor" / "kv-cache-on-the-host.trace")
+    b = Analysis(DATASETS / "h200-bench-doctor" / "kv-cache-on-the-host-fixed.trace")
+    comparison = compare(a, b)
+    figures = comparison_figures(comparison)
+    # A and B against one scale: the same ranges, holding every step either draws
+    assert figures["a"].layout.yaxis.range == figures["b"].layout.yaxis.range
+    assert figures["a"].layout.xaxis.range == figures["b"].layout.xaxis.range
+    slowest = max(s.loc[s["n_tokens"] == 1, "wall_ns"].max() for s in (a.complete_steps, b.complete_steps)) / 1e6
+    assert figures["a"].layout.yaxis.range[0] == 0 and figures["b"].layout.yaxis.range[1] >= slowest
+    top = [t for t in figures["before_after"].data if t.xaxis in (None, "x")]  # the top panel: both runs, one axis
+    assert {t.name for t in top} >= {"A", "B"} and len({t.yaxis for t in top}) == 1
+    page = write_compare_report(comparison, tmp_path / "compare.html").read_text()
+    shown = visible_text(page)
+    assert not SCIENTIFIC.search(shown), SCIENTIFIC.search(shown)
+    assert "kv-cache-on-the-host against kv-cache-on-the-host-fixed" in shown
+    assert re.search(r"configuration: offload_kqv\s+False\s+True", shown)  # what differs, at the top
+    assert "18.0x faster" in " ".join(shown.split())
+    # the finding that disappeared links to its card, A's copies.cross-device
+    index = next(i for i, f in enumerate(comparison.findings_a) if f.id == "copies.cross-device")
+    assert f"href='#finding-a-{index}'" in page and f"id='finding-a-{index}'" in page
+
+
+def test_trace_report_shows_no_scientific_notation(tmp_path) -> None:
+    page = write_report(DATASETS / "h200-bench-doctor" / "partial-offload-as-one-sweep-with-all-layers.trace",
+                        tmp_path / "r.html").read_text()
+    shown = visible_text(page)
+    assert not SCIENTIFIC.search(shown), SCIENTIFIC.search(shown)
+    assert "GiB" in shown and " MB" not in shown and "intercept (interval)" in shown

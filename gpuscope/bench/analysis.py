@@ -24,6 +24,7 @@ from gpuscope.models.synth import synth_model
 from gpuscope.runs.record import record
 from gpuscope.trace.combine import combine
 from gpuscope.trace.model import load_trace, save_trace
+from gpuscope import units
 
 
 def _events(trace) -> int:
@@ -62,7 +63,7 @@ def _measure(trace_path: str, queue) -> None:
     done = time.perf_counter()
     queue.put({"load_s": loaded - start, "doctor_s": diagnosed - loaded, "budget_s": done - diagnosed,
                "steps": len(analysis.steps), "findings": [f.id for f in findings], "budget_rows": len(budget),
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})  # KiB: in MiB
 
 
 def measure(trace_path: Path) -> dict:
@@ -94,7 +95,7 @@ def run(sizes: list[int], source_path: Path | None, engine: str | None, keep: Pa
             print(f"{figures['events']:>11,} events ({copies} shifted copies of the source): "
                   f"load {figures['load_s']:.2f} s, doctor {figures['doctor_s']:.2f} s, "
                   f"step budget {figures['budget_s']:.2f} s, "
-                  f"{figures['steps']:,} steps, peak RSS {figures['peak_rss_mb']:.0f} MB, "
+                  f"{figures['steps']:,} steps, peak RSS {units.size(figures['peak_rss_mb'] * units.MIB)}, "
                   f"findings {figures['findings'] or 'none'}")
             del scaled
         return results

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from gpuscope.bench import analysis as analysis_bench
 from gpuscope.bench import doctor as doctor_bench
 from gpuscope.bench import live as live_bench
@@ -16,6 +18,7 @@ from gpuscope.bench import ring as ring_bench
 from gpuscope.cli.options import command_group, depths, output_path
 from gpuscope.engine.build import find_build
 from gpuscope.query import DEFAULT_MEMORY_LIMIT
+from gpuscope.units import terminal_width, text_table
 
 
 def register(subparsers) -> None:
@@ -154,18 +157,18 @@ def _register_live(bench) -> None:
 def _doctor(args) -> int:
     build = find_build(args.engine)
     results = doctor_bench.run(build, args.rounds, output_path(args.keep, folder=True) if args.keep else None)
-    print(f"{'scenario':<46} {'rule':<24} {'found':<6} {'predicted':>10} {'measured (95% CI)':>26} {'within':<7}")
+    rows = []
     for result in results:
-        measured = result.measured
-        shown = "-" if not measured else f"{measured['saving_ms']:.3g}" + (
-            f" ({measured['ci_ms'][0]:.3g} to {measured['ci_ms'][1]:.3g})" if measured.get("ci_ms") else "")
-        predicted = "-" if result.predicted_ms is None else f"{result.predicted_ms:.3g}"
-        within = {None: "-", True: "yes", False: "no"}[result.within_target]
-        found = "-" if result.rule is None else "yes" if result.found else "no"
-        print(f"{result.scenario:<46} {result.rule or '(clean)':<24} {found:<6} {predicted:>10} {shown:>26} "
-              f"{within:<7}")
+        measured = result.measured or {}
+        low, high = measured.get("ci_ms") or (None, None)
+        rows.append({"scenario": result.scenario, "rule": result.rule or "(clean)",
+                     "found": None if result.rule is None else result.found, "predicted_ms": result.predicted_ms,
+                     "measured_ms": measured.get("saving_ms"), "measured_ms_ci_low": low, "measured_ms_ci_high": high,
+                     "within_target": result.within_target})
+    print("\n".join(text_table(pd.DataFrame(rows), width=terminal_width())))
+    for result in results:
         for alarm in result.false_alarms:
-            print(f"    false alarm, {alarm}")
+            print(f"false alarm in {result.scenario}: {alarm}")
     if build.meta["backend"] == "cpu":
         for name, why in doctor_bench.NOT_ON_CPU.items():
             print(f"{name:<46} not run on the CPU engine: {why}")

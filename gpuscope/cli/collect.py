@@ -18,6 +18,7 @@ from gpuscope.runs.sweep import sweep
 from gpuscope.session.config import SplitConfig
 from gpuscope.trace.model import Trace, load_trace, save_trace
 from gpuscope.trace.steps import join_to_steps
+from gpuscope.units import duration, number
 from gpuscope.version import __version__
 
 
@@ -63,10 +64,10 @@ def _print_kernel_summary(trace) -> None:
     for label, meta in trace.meta.get("kernels", {}).items():
         clock = meta["clock"]
         print(f"{label}: {sum(meta['activities'].values())} GPU activities; clock offset residual "
-              f"{clock['residual_ns'] / 1e3:.1f} us (drift {clock['drift_ns'] / 1e3:.1f} us)")
+              f"{duration(clock['residual_ns'])} (drift {duration(clock['drift_ns'])})")
         for row in meta.get("cost", {}).get("per_depth", []):
-            print(f"  depth {row['depth']:>6}: step {row['median_step_ns_off'] / 1e6:.3f} ms plain, "
-                  f"{row['median_step_ns_on'] / 1e6:.3f} ms profiled ({row['overhead']:+.1%})")
+            print(f"  depth {row['depth']:>6}: step {duration(row['median_step_ns_off'])} plain, "
+                  f"{duration(row['median_step_ns_on'])} profiled ({number(row['overhead'] * 100, signed=True)}%)")
         if meta.get("warning"):
             print(f"  warning: {meta['warning']}")
     if len(busy):

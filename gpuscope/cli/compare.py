@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from gpuscope.analysis.facade import Analysis
-from gpuscope.cli.options import add_analysis_options, analysis_options, depths, output_path
+from gpuscope.cli.options import add_analysis_options, add_text_options, analysis_options, depths, output_path
 from gpuscope.compare.compare import compare
 from gpuscope.errors import GpuscopeError
 from gpuscope.report.report import write_compare_report
@@ -23,7 +23,7 @@ def _compare(args) -> int:
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
-        print(comparison.to_text())
+        print(comparison.to_text(args.width, args.rows))
         if args.output:
             print(f"\nwritten: {args.output}")
     return 0
@@ -56,6 +56,7 @@ def register(subparsers) -> None:
     parser.add_argument("b", help="the 'after' trace")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.add_argument("-o", "--output", help="also write an HTML report to this file")
+    add_text_options(parser)
     add_analysis_options(parser)
     parser.set_defaults(func=_compare)
 

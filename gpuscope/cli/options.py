@@ -56,6 +56,22 @@ def add_verify_options(parser) -> None:
                         help=f"interleaved rounds per remedy with --verify (default {DEFAULT_ROUNDS})")
 
 
+def add_text_options(parser) -> None:
+    parser.add_argument("--width", type=positive, help="wrap the text to this many columns (default: the terminal's "
+                                                       "width, or 100 when the output is not a terminal)")
+    parser.add_argument("--rows", type=positive, help="show at most this many rows of each table")
+
+
+def positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return number
+
+
 def verified_findings(analysis: Analysis, args) -> list:
     """The doctor's findings, verified by running their remedies when --verify was given."""
     findings = diagnose(analysis)

@@ -9,16 +9,15 @@ from gpuscope.errors import SplitConfigError
 from gpuscope.runs.sweep import sweep
 from gpuscope.session.config import SplitConfig
 from gpuscope.session.workloads import DEFAULT_DEPTHS, DEFAULT_STEPS
+from gpuscope.units import terminal_width, text_table
 
 
 def _summary(trace) -> str:
     steps = trace.tables["steps"]
     decode = steps[steps["phase"] == "decode"]
     table = decode.groupby(["config", "depth"], sort=False)["wall_ns"].median().reset_index()
-    lines = [f"{'configuration':<32} {'depth':>7} {'ms/step':>9} {'tokens/s':>9}"]
-    for row in table.itertuples():
-        lines.append(f"{row.config:<32} {row.depth:>7} {row.wall_ns / 1e6:>9.2f} {1e9 / row.wall_ns:>9.1f}")
-    return "\n".join(lines)
+    table = table.assign(tokens_per_s=1e9 / table["wall_ns"]).rename(columns={"wall_ns": "median_step_ns"})
+    return "\n".join(text_table(table, width=terminal_width()))
 
 
 def _run(args) -> int:

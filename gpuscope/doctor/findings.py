@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from gpuscope.units import as_table, duration, duration_range, label, share as percent, terminal_width, text_table, \
+    value, wrap
+
 SEVERITIES = ("critical", "warning", "info")
 MAX_ROWS = 20
+TEXT_ROWS = 8  # rows of a table in the terminal, unless --rows says otherwise
 
 
 @dataclass
@@ -52,33 +56,37 @@ class Finding:
                      "shown": json_ready(rows.to_dict(orient="records"))},
         }
 
-    def to_text(self) -> str:
+    def to_text(self, width: int | None = None, rows: int = TEXT_ROWS) -> str:
+        """The finding for the terminal: no line wider than `width` (default: the terminal's), tables cut to
+        `rows` rows."""
+        width = width or terminal_width()
         where = " ".join(part for part in (f"`{self.config}`" if self.config else "", self.phase or "") if part)
-        lines = [f"[{self.severity.upper()}] {self.id}" + (f"  {where}" if where else "")
-                 + (f"  ({self.saving_text()})" if self.share is not None else ""), f"  {self.statement}"]
-        for key, value in self.evidence.items():
-            lines.append(f"    {key}: {_format(value)}")
-        lines.append(f"  likely cause: {self.cause}")
+        lines = wrap(f"[{self.severity.upper()}] {self.id}" + (f"  {where}" if where else "")
+                     + (f"  ({self.saving_text()})" if self.share is not None else ""), width)
+        lines += wrap(self.statement, width, indent="  ")
+        for key, item in self.evidence.items():
+            table = as_table(item)
+            if table is None:
+                lines += wrap(f"{label(key)}: {value(item, key)}", width, indent="    ", hanging="      ")
+            else:
+                lines.append(f"    {label(key)}:")
+                lines += text_table(table, width=width, rows=rows, indent="      ", unit_name=key)
+        lines += wrap(f"likely cause: {self.cause}", width, indent="  ")
         if self.verified is not None:
-            lines.append(f"  verified: {self.verified_text()}")
+            lines += wrap(f"verified: {self.verified_text()}", width, indent="  ")
         for action in self.actions:
-            lines.append(f"  try: {action}")
+            lines += wrap(f"try: {action}", width, indent="  ")
         if len(self.rows):
-            shown = self.rows.head(8)
-            label = f"{self.rows_kind} rows" if self.rows_kind else "rows"
-            lines.append(f"  {label} ({len(shown)} of {len(self.rows)}):")
-            with pd.option_context("display.width", 160, "display.max_columns", 14, "display.max_colwidth", 40):
-                lines += ["    " + line for line in shown.to_string(index=False).splitlines()]
+            lines.append(f"  {self.rows_kind + ' rows' if self.rows_kind else 'rows'} ({len(self.rows)}):")
+            lines += text_table(self.rows, width=width, rows=rows, indent="    ")
         return "\n".join(lines)
-
 
     def saving_text(self) -> str:
         """'the first remedy saves about 1.2 ms per step (14%)'; empty where nothing is estimated."""
         if self.share is None:
             return ""
-        ms = f"about {self.saving_ns / 1e6:.3g} ms per step, " if self.saving_ns is not None else "about "
-        return f"the first remedy saves {ms}{self.share:.0%}"
-
+        ms = f"about {duration(self.saving_ns)} per step, " if self.saving_ns is not None else "about "
+        return f"the first remedy saves {ms}{percent(self.share)}"
 
     def verified_text(self) -> str:
         """'saves 0.75 ms per step (95% CI 0.62 to 0.88), predicted 0.71, over 3 rounds of flash_attn=off'; why
@@ -88,18 +96,12 @@ class Finding:
             return ""
         if v.get("saving_ms") is None:
             return f"not measured: {v.get('reason', 'unknown')}"
-        predicted = f", predicted {self.saving_ns / 1e6:.3g}" if self.saving_ns is not None else ", no prediction"
-        return (f"{v['remedy_label']} saves {v['saving_ms']:.3g} ms per step (95% CI {v['ci_ms'][0]:.3g} to "
-                f"{v['ci_ms'][1]:.3g}; {v['before_ms']:.3g} -> {v['after_ms']:.3g} ms){predicted}, over "
+        predicted = f", predicted {duration(self.saving_ns)}" if self.saving_ns is not None else ", no prediction"
+        ci_low, ci_high = (ms * 1e6 for ms in v["ci_ms"])
+        return (f"{v['remedy_label']} saves {duration(v['saving_ms'] * 1e6)} per step (95% CI "
+                f"{duration_range(ci_low, ci_high, between=' to ')}; "
+                f"{duration_range(v['before_ms'] * 1e6, v['after_ms'] * 1e6)}){predicted}, over "
                 f"{v['rounds']} interleaved rounds")
-
-
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)) and len(value) > 10:
-        return f"{list(value[:10])} ... ({len(value)} in all)"
-    return str(value)
 
 
 def json_ready(value):

@@ -14,6 +14,7 @@ from gpuscope.analysis.verdict import decode_steps
 from gpuscope.doctor.findings import Finding
 from gpuscope.doctor.registry import RULES, rule
 from gpuscope.doctor.speculation import speculation_net_effect  # noqa: F401 (importing it registers its rule)
+from gpuscope.units import duration, duration_range, share as percent, size, times, times_range
 
 # A problem must touch at least this many steps, and this share of them, to be a pattern rather than an event.
 MIN_STEPS = 3
@@ -22,21 +23,6 @@ MIN_STEP_SHARE = 0.10
 
 def _steps_total(a) -> float:
     return float(a.complete_steps["wall_ns"].sum())
-
-
-def _ms(ns: float) -> str:
-    return f"{ns / 1e6:.3g} ms"
-
-
-def _ratio(low: float, high: float) -> str:
-    """'1.3x', '1.3-2.1x', '11-18x'."""
-    def one(x: float) -> str:
-        return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
-    return f"{one(low)}x" if one(low) == one(high) else f"{one(low)}-{one(high)}x"
-
-
-def _percent(share: float) -> str:
-    return f"{share:.0%}" if share >= 0.01 else f"{share * 100:.2g}%"
 
 
 def _setting(a, key: str):
@@ -56,8 +42,8 @@ def lost_events(a) -> list[Finding]:
     severity = "critical" if h["lost_share"] > 0.01 else "warning"
     return [Finding(
         severity=severity,
-        statement=f"{h['lost']} of {h['written']} events ({h['lost_share']:.2%}) were overwritten before they were "
-                  "read: counts per step below undercount, steps may miss their begin or end",
+        statement=f"{h['lost']} of {h['written']} events ({percent(h['lost_share'])}) were overwritten before they "
+                  "were read: counts per step below undercount, steps may miss their begin or end",
         evidence={"written": h["written"], "read": h["read"], "lost": h["lost"],
                   "strings_dropped": h["strings_dropped"], "writer_dropped": h["writer_dropped"]},
         cause="the ring was too small for the event rate, or the reader drained it too slowly",
@@ -132,7 +118,7 @@ def allocator_churn(a) -> list[Finding]:
     return [Finding(
         severity=severity,
         statement=f"The graph allocator re-planned in {len(busy)} of {n} steps ({pattern})"
-                  + (f"; re-reserves took {_ms(lost)} in all" if busy["reserves"].any() else ""),
+                  + (f"; re-reserves took {duration(lost)} in all" if busy["reserves"].any() else ""),
         evidence={"steps_with_reallocation": len(busy), "steps": n, "reallocations": int(busy["reallocs"].sum()),
                   "reasons": reasons, "re_reserves": int(busy["reserves"].sum()),
                   "bytes_freed": int(busy["bytes_freed"].sum()), "bytes_allocated": int(busy["bytes_allocated"].sum()),
@@ -185,7 +171,7 @@ def graph_rebuilt(a) -> list[Finding]:
         # rebuilding is a finding whatever it costs; a warning once it costs a measurable share of the steps
         severity="warning" if share is not None and share >= 0.02 else "info",
         statement=f"The compute graph was rebuilt in {int(rebuilt.sum())} of {int(candidates)} steps that could "
-                  f"have reused it; building costs {_ms(cost / max(len(host_rebuilt), 1))} of CPU per step",
+                  f"have reused it; building costs {duration(cost / max(len(host_rebuilt), 1))} of CPU per step",
         evidence={"rebuilt_steps": int(rebuilt.sum()), "reusable_steps": int(candidates),
                   "rebuilt_with_new_shape": changed, "shapes": [list(s) for s in shapes[:10]],
                   "host_prepare_rebuilt_median_ns": float(host_rebuilt.median()) if len(host_rebuilt) else None,
@@ -320,11 +306,11 @@ def partial_offload(a) -> list[Finding]:
             "the trace records no free device memory: check that the rest fits")
     return [Finding(
         severity="critical" if saving_ms >= 0.5 * step_ms else "warning",
-        statement=f"{on_host} of {layers} layers run on the host: the CPU's part takes {host_ms:.3g} of "
-                  f"{step_ms:.3g} ms per decode step",
+        statement=f"{on_host} of {layers} layers run on the host: the CPU's part takes "
+                  f"{duration_range(host_ms * 1e6, step_ms * 1e6, between=' of ')} per decode step",
         evidence={"layers": layers, "n_gpu_layers": asked, "host_ms_per_step": host_ms, "step_ms": step_ms,
                   "device_ms_per_step_for_those_layers": device_ms, "weight_bytes_per_layer": per_layer,
-                  "weights_by_location": {k: int(v) for k, v in weights.items()}, "layers_that_fit": fits,
+                  "weight_bytes_by_location": {k: int(v) for k, v in weights.items()}, "layers_that_fit": fits,
                   "saving_method": "the CPU split's time per decode step, less what the device takes for as many "
                                    "of its own layers"},
         cause=f"n_gpu_layers={asked} keeps {on_host} layers (their weights and KV) on the host, which reads them at "
@@ -332,7 +318,7 @@ def partial_offload(a) -> list[Finding]:
         actions=["offload every layer (n_gpu_layers=-1 / -ngl 99) if the weights fit, else as many as fit",
                  "a smaller KV cache type or context frees device memory for more layers"],
         share=saving_ms / step_ms, saving_ns=saving_ms * 1e6, phase="decode", remedy={"n_gpu_layers": -1},
-        rows=budget.reset_index(), rows_kind="budget")]
+        rows=_in_ns(budget).reset_index(), rows_kind="budget")]
 
 
 # -- syncs ----------------------------------------------------------------------------------------------------------
@@ -359,8 +345,8 @@ def eval_callback_syncs(a) -> list[Finding]:
     return [Finding(
         severity="critical" if sync_share >= 0.20 else "warning",
         statement=f"An eval callback cuts each split into {views_per_split:.0f} graph pieces and synchronizes "
-                  f"after each ({cb['syncs'].mean():.0f} syncs per step); the syncs take {sync_share:.1%} of the "
-                  f"step, the pieces with the callback's own work {share:.0%}",
+                  f"after each ({cb['syncs'].mean():.0f} syncs per step); the syncs take {percent(sync_share)} of "
+                  f"the step, the pieces with the callback's own work {percent(share)}",
         evidence={"steps": int(len(cb)), "syncs_per_step": float(cb["syncs"].mean()),
                   "views_needed_per_step": float(cb["needed"].mean()), "views_per_split": views_per_split,
                   "sync_time_share": sync_share, "time_in_callback_splits_share": share,
@@ -368,7 +354,7 @@ def eval_callback_syncs(a) -> list[Finding]:
                                    "captured three layers saved 14% of an H200 step where these shares said 98%); "
                                    "measure it with gpuscope ab, the program with and without the callback"},
         cause=("a graph eval callback (llama-eval-callback, imatrix, a debugging cb_eval) asks for "
-               f"{cb['needed'].sum() / max(cb['views'].sum(), 1):.0%} of the nodes: the scheduler computes up to "
+               f"{percent(cb['needed'].sum() / max(cb['views'].sum(), 1))} of the nodes: the scheduler computes up to "
                "each requested node and waits for the device before calling it"),
         actions=["ask only for the tensors you need (return false from the callback's ask phase for the rest)",
                  "remove the callback from production runs",
@@ -421,10 +407,10 @@ def cross_device_copies(a) -> list[Finding]:
     return [Finding(
         severity="critical" if share >= 0.25 else "warning",
         statement=(f"Every step copies {with_stored['stored_copies'].median():.0f} stored tensors (KV cache or "
-                   f"weights, {with_stored['stored_bytes'].median() / 1e6:.3g} MB) to another device"
+                   f"weights, {size(with_stored['stored_bytes'].median())}) to another device"
                    if stored_pattern else
                    f"Every step copies tensors of {layers_per_step:.0f} layers across devices")
-                  + f"; the copies for those layers take {share:.0%} of the step",
+                  + f"; the copies for those layers take {percent(share)} of the step",
         evidence={"copies_per_step": float(per_step["copies"].median()),
                   "bytes_per_step": float(per_step["bytes"].median()),
                   "stored_copies_per_step": float(per_step["stored_copies"].median()),
@@ -486,11 +472,12 @@ def context_growth(a) -> list[Finding]:
         findings.append(Finding(
             severity="warning",
             statement=f"[{fit.n_tokens} token(s) per step] beyond {fit.long_from:.0f} cells a step grows "
-                      f"{fit.long_slope_ns_per_cell:.3g} ns per context cell (95% CI {fit.long_slope_ci_low:.3g} to "
-                      f"{fit.long_slope_ci_high:.3g}), {fit.long_slope_ns_per_cell / floor_slope:.1f}x what reading "
-                      f"the KV cache explains ({floor_slope:.3g} ns per cell)",
+                      f"{duration(fit.long_slope_ns_per_cell)} per context cell (95% CI "
+                      f"{duration_range(fit.long_slope_ci_low, fit.long_slope_ci_high, between=' to ')}), "
+                      f"{times(fit.long_slope_ns_per_cell / floor_slope)} what reading the KV cache explains "
+                      f"({duration(floor_slope)} per cell)",
             evidence={"long_context_slope_ns_per_cell": fit.long_slope_ns_per_cell,
-                      "long_context_slope_ci": [fit.long_slope_ci_low, fit.long_slope_ci_high],
+                      "long_context_slope_ci_ns_per_cell": [fit.long_slope_ci_low, fit.long_slope_ci_high],
                       "whole_range_slope_ns_per_cell": fit.slope_ns_per_cell,
                       "floor_slope_ns_per_cell": floor_slope, "context_range": [fit.context_min, fit.context_max],
                       "excess_over_range_ns": excess, "steps": fit.steps,
@@ -532,13 +519,13 @@ def short_context_overhead(a) -> list[Finding]:
         findings.append(Finding(
             severity="warning",
             statement=f"[{fit.n_tokens} token(s) per step] at short context a step takes "
-                      f"{_ms(short['wall_ns'].median())} where reading its bytes takes "
-                      f"{_ms(short['floor_ns'].median())}: "
-                      f"{_percent(efficiency)} of the memory-bandwidth floor",
+                      f"{duration(short['wall_ns'].median())} where reading its bytes takes "
+                      f"{duration(short['floor_ns'].median())}: "
+                      f"{percent(efficiency)} of the memory-bandwidth floor",
             evidence={"efficiency": efficiency, "wall_median_ns": float(short["wall_ns"].median()),
                       "floor_median_ns": float(short["floor_ns"].median()),
                       "bytes_per_step": float(short["bytes_read"].median()), "steps": int(len(short)),
-                      "budget_top": {k: float(v) for k, v in top_share.items()},
+                      "budget_top_shares": {k: float(v) for k, v in top_share.items()},
                       "bandwidth": _records(a.bandwidth),
                       "saving_method": "none: 1 - efficiency is the gap to the floor, a bound no fix reaches"},
             cause=("fixed costs per step dominate, not memory traffic: CPU-side graph build and scheduling, kernel "
@@ -562,9 +549,9 @@ def split_imbalance(a) -> list[Finding]:
     worst = off.loc[off["deviation"].abs().idxmax()]
     return [Finding(
         severity="warning",
-        statement=f"{worst['location']} holds {worst['share']:.0%} of the offloaded weights where "
+        statement=f"{worst['location']} holds {percent(worst['share'])} of the offloaded weights where "
                   f"the split asks "
-                  f"for {worst['requested_share']:.0%} ({worst['split_source']})",
+                  f"for {percent(worst['requested_share'])} ({worst['split_source']})",
         evidence={"devices": _records(table)},
         cause=("the layer split rounds to whole layers and puts the output layer on the last device; or the "
                "split asked for does not match the devices' memory"),
@@ -622,18 +609,19 @@ def slower_configs(a) -> list[Finding]:
         slowdown = [float(clearly["slowdown"].min()), float(clearly["slowdown"].max())]
         findings.append(Finding(
             severity="critical" if share >= 0.5 else "warning",
-            statement=f"{_ratio(*slowdown)} slower than the fastest configuration at {len(clearly)} of its "
+            statement=f"{times_range(*slowdown)} slower than the fastest configuration at {len(clearly)} of its "
                       f"{row.depths_measured} depth(s) and never the fastest (`{row.fastest}` at most; "
-                      f"{row.ms_per_token_mean:.3g} ms per token, {row.ms_behind_mean:.3g} ms more, over its depths); "
+                      f"{duration(row.ms_per_token_mean * 1e6)} per token, {duration(row.ms_behind_mean * 1e6)} "
+                      f"more, over its depths); "
                       f"it differs from `{row.fastest}` in: {why}",
             evidence={"fastest": row.fastest, "depths": clearly["depth"].tolist(), "slowdown": slowdown,
                       "ms_per_token": row.ms_per_token_mean, "ms_behind_per_token": row.ms_behind_mean,
                       "settings": diff,
-                      "budget_top": {c: {r.category: float(r.share) for r in b.itertuples()}
+                      "budget_top_shares": {c: {r.category: float(r.share) for r in b.itertuples()}
                                      for c, b in budgets.items()},
                       "saving_method": f"measured in this trace: over its depths, the mean of its median time "
                                        f"per token above the fastest configuration's (`{row.fastest}` at most)"},
-            cause=(f"its top costs are {', '.join(f'{r.category} {r.share:.0%}' for r in top.itertuples())}"
+            cause=(f"its top costs are {', '.join(f'{r.category} {percent(r.share)}' for r in top.itertuples())}"
                    if len(top) else "see its own findings"),
             actions=[f"use `{row.fastest}`'s settings" + (": " + ", ".join(f"{k}={best!r}" for k, (_, best)
                                                                             in diff.items()) if diff else ""),
@@ -642,6 +630,11 @@ def slower_configs(a) -> list[Finding]:
             remedy={key: best for key, (_, best) in diff.items()} or None,
             rows=table[table["config"] == row.config], rows_kind="configurations"))
     return findings
+
+
+def _in_ns(budget: pd.DataFrame) -> pd.DataFrame:
+    """The step budget's categories (`copy`, `split:CPU`) named with their unit, as every table of times is."""
+    return budget.rename(columns=lambda c: c if str(c).endswith("_ns") else f"{c}_ns")
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -703,7 +696,8 @@ def headline(analysis, findings: list[Finding]) -> str:
     if not len(table):
         return "No problem found; the trace has no complete decode steps to measure."
     fastest = table[table["rank"] == 1].sort_values("depth")
-    parts = ", ".join(f"{r.ms_per_token:.3g} ms per token at depth {r.depth}" for r in fastest.head(3).itertuples())
+    parts = ", ".join(f"{duration(r.ms_per_token * 1e6)} per token at depth {r.depth}"
+                      for r in fastest.head(3).itertuples())
     lead = f"`{fastest['config'].iloc[0]}` is the fastest of {len(analysis.configs)} configurations: " \
         if len(analysis.configs) > 1 else f"`{fastest['config'].iloc[0]}`: "
     return f"No problem found. {lead}{parts}."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gpuscope.doctor.findings import Finding
 from gpuscope.doctor.registry import rule
+from gpuscope.units import duration, number, share as percent, times
 
 # A loop within 10% of the target alone is called even, not slower: on the shared 2-core machine the target
 # alone's rate moved by up to a third between two runs a second apart (tests/test_speculation.py), while the
@@ -25,7 +26,7 @@ def speculation_net_effect(a) -> list[Finding]:
     for row in spec.summary.itertuples():
         positions = spec.by_position[spec.by_position["config"] == row.config]
         evidence = _evidence(row, positions)
-        speeds = (f"{row.spec_tokens_per_s:.3g} tokens/s against {row.plain_tokens_per_s:.3g} for the target "
+        speeds = (f"{number(row.spec_tokens_per_s)} tokens/s against {number(row.plain_tokens_per_s)} for the target "
                   f"alone ({row.plain_method.split(':')[0]})")
         if row.saving_share >= SLOWER_MARGIN:
             findings.append(_slower(row, evidence, speeds))
@@ -43,10 +44,11 @@ def speculation_net_effect(a) -> list[Finding]:
             findings.append(Finding(
                 severity="info",
                 statement=f"[{row.config}] speculation {'pays' if pays else 'gains nothing measurable'}: {speeds}, "
-                          f"{row.speedup:.2f}x; {row.acceptance:.0%} of drafted tokens accepted",
+                          f"{times(row.speedup)}; {percent(row.acceptance)} of drafted tokens accepted",
                 evidence=evidence,
                 cause="the draft agrees often enough and costs little enough" if pays else
-                      f"the accepted drafts about pay for the draft and the verify batch (within {SLOWER_MARGIN:.0%})",
+                      f"the accepted drafts about pay for the draft and the verify batch (within "
+                      f"{percent(SLOWER_MARGIN)})",
                 actions=[], config=row.config))
     return findings
 
@@ -62,27 +64,27 @@ def _slower(row, evidence: dict, speeds: str) -> Finding:
                          "estimated from the acceptance by position: a round less one draft step per position "
                          "dropped, its verify batch kept as measured"))
     remedies.sort(key=lambda remedy: -remedy[0])
-    actions = [f"{text}: saves about {saving / 1e6:.3g} ms per token, {saving / row.spec_ns_per_token:.0%} of the "
+    actions = [f"{text}: saves about {duration(saving)} per token, {percent(saving / row.spec_ns_per_token)} of the "
                f"loop's time" for saving, text, _ in remedies]
-    actions.append(f"a draft that agrees more often ({row.acceptance:.0%} accepted now: a smaller model of the "
+    actions.append(f"a draft that agrees more often ({percent(row.acceptance)} accepted now: a smaller model of the "
                    "target's family, or the target's own quantized copy)" if low else
-                   f"a smaller, cheaper draft (the draft takes {row.draft_share:.0%} of each round)")
+                   f"a smaller, cheaper draft (the draft takes {percent(row.draft_share)} of each round)")
     if low:
-        cause = (f"the draft agrees with the target on {row.acceptance:.0%} of drafted tokens: each round pays "
-                 f"{row.draft_ns_per_round / 1e6:.3g} ms of drafting and a verify batch of up to "
-                 f"{row.draft_max + 1} tokens ({row.verify_ns_per_round / 1e6:.3g} ms) for "
-                 f"{row.tokens_per_round:.2g} token(s)")
+        cause = (f"the draft agrees with the target on {percent(row.acceptance)} of drafted tokens: each round pays "
+                 f"{duration(row.draft_ns_per_round)} of drafting and a verify batch of up to "
+                 f"{row.draft_max + 1} tokens ({duration(row.verify_ns_per_round)}) for "
+                 f"{number(row.tokens_per_round)} token(s)")
     else:
         cause = (f"the draft and the verify batch cost more than the tokens they bring: a round of "
-                 f"{(row.draft_ns_per_round + row.verify_ns_per_round + row.host_ns_per_round) / 1e6:.3g} ms "
-                 f"brings {row.tokens_per_round:.2g} tokens, where the target alone takes "
-                 f"{row.plain_ns_per_token / 1e6:.3g} ms per token (its verify batch costs "
-                 f"{row.verify_ns_per_round / row.plain_ns_per_token:.1f} plain steps)")
+                 f"{duration(row.draft_ns_per_round + row.verify_ns_per_round + row.host_ns_per_round)} "
+                 f"brings {number(row.tokens_per_round)} tokens, where the target alone takes "
+                 f"{duration(row.plain_ns_per_token)} per token (its verify batch costs "
+                 f"{number(row.verify_ns_per_round / row.plain_ns_per_token)} plain steps)")
     saving, _, method = remedies[0]
     return Finding(
         severity="critical",
-        statement=f"[{row.config}] speculation slower than none: {speeds}; {row.acceptance:.0%} of drafted tokens "
-                  f"accepted, the draft takes {row.draft_share:.0%} of the loop's time",
+        statement=f"[{row.config}] speculation slower than none: {speeds}; {percent(row.acceptance)} of drafted "
+                  f"tokens accepted, the draft takes {percent(row.draft_share)} of the loop's time",
         evidence={**evidence, "saving_ns_per_token": saving, "saving_method": method},
         cause=cause, actions=actions, share=float(saving / row.spec_ns_per_token), config=row.config,
         phase="decode", saving_ns=float(saving))  # per emitted token: the loop's unit of work

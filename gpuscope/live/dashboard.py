@@ -31,11 +31,12 @@ from gpuscope.doctor.rules import diagnose
 from gpuscope.errors import ReportError
 from gpuscope.live.events import held_now
 from gpuscope.live.sources import Steps, source_for
-from gpuscope.plots.style import MIB, category_color, config_colors
+from gpuscope.plots.style import category_color, config_colors
 from gpuscope.runs.verify import DEFAULT_ROUNDS, verify
 from gpuscope.session.workloads import sweep_loop
 from gpuscope.trace.model import Trace
 from gpuscope.trace.ringtap import RingTap
+from gpuscope.units import MIB, duration, number
 
 MAX_POINTS_PER_SERIES = 20_000  # the oldest points of a very long run leave the plot, not the trace
 _SEVERITY_COLORS = {"critical": "#cf222e", "warning": "#bf8700", "info": "#0969da"}
@@ -299,7 +300,7 @@ class Dashboard:
         speed = ""
         if steps.recent_ms:
             median_ms = float(np.median(steps.recent_ms))
-            speed = f" &middot; recent step <b>{median_ms:.2f} ms</b> ({1e3 / median_ms:.1f} tokens/s)"
+            speed = f" &middot; recent step <b>{duration(median_ms * 1e6)}</b> ({number(1e3 / median_ms)} tokens/s)"
         lost = ring.get("lost", 0)
         self.counters.value = (
             f"steps <b>{steps.begun}</b> &middot; reallocations <b>{counts.get('gallocr_realloc', 0)}</b> &middot; "

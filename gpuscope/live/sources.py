@@ -19,6 +19,7 @@ from gpuscope.session.protocol import SessionLike
 from gpuscope.session.session import Engine
 from gpuscope.trace.model import Trace
 from gpuscope.trace.ringtap import RingTap
+from gpuscope.units import duration
 
 Series = dict[str, tuple[list, list, list]]  # per plotted line: context, step time (ms), hover text of each step
 RECENT_STEPS = 16  # the steps the counters' "recent step" time is the median of
@@ -91,7 +92,7 @@ class _ReportedSteps(_Source):
             x.append(int(row["pos_after"]))
             y.append(row["wall_ns"] / 1e6)
             self._recent_ms = (self._recent_ms + [row["wall_ns"] / 1e6])[-RECENT_STEPS:]
-            hover.append(f"step {row['step']}, {row['n_tokens']} token(s), {row['wall_ns'] / 1e6:.2f} ms")
+            hover.append(f"step {row['step']}, {row['n_tokens']} token(s), {duration(row['wall_ns'])}")
         drawn = sum(len(x) for x, _, _ in self._series.values())
         return Steps(self._series, len(rows), drawn, self._drawn_rows, self._drawn_rows, self._recent_ms)
 
@@ -173,7 +174,7 @@ class RingFileSource(_Source):
         for (config, n_tokens), group in done.groupby(["config", "n_tokens"], sort=False):
             key = str(config) if n_tokens == 1 else f"{config} [{n_tokens}-token]"
             series[key] = (group["context"].tolist(), (group["wall_ns"] / 1e6).tolist(),
-                           [f"step {s}, {w / 1e6:.2f} ms" for s, w in zip(group["step"], group["wall_ns"])])
+                           [f"step {s}, {duration(w)}" for s, w in zip(group["step"], group["wall_ns"])])
         recent_ms = (done.sort_values("t_begin_ns")["wall_ns"].tail(RECENT_STEPS) / 1e6).tolist()
         return Steps(series, new, self._done, self._done, begun, recent_ms)
 

@@ -8,6 +8,7 @@
   copy_matrix            cross-device copies per step, source by destination
   cpu_flame              icicle of native CPU stacks
   before_after           two runs over context, and their difference with its confidence band
+  comparison_figures     before_after and each run's step time against context, on shared axes
 
 `standard_figures(analysis)` makes every figure an Analysis has data for (what reports and notebooks show).
 """
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 from gpuscope.plots.allocator import allocator_timeline
 from gpuscope.plots.breakdown import step_breakdown
-from gpuscope.plots.compare import before_after
+from gpuscope.plots.compare import before_after, comparison_figures
 from gpuscope.plots.context import event_markers, step_time_vs_context
 from gpuscope.plots.flame import cpu_flame
 from gpuscope.plots.memory import memory_over_time
 from gpuscope.plots.tables import copy_matrix, fa_plan_table
 
-__all__ = ["allocator_timeline", "before_after", "copy_matrix", "cpu_flame", "event_markers", "fa_plan_table",
-           "memory_over_time", "standard_figures", "step_breakdown", "step_time_vs_context"]
+__all__ = ["allocator_timeline", "before_after", "comparison_figures", "copy_matrix", "cpu_flame", "event_markers",
+           "fa_plan_table", "memory_over_time", "standard_figures", "step_breakdown", "step_time_vs_context"]
 
 
 def _batch_size(steps) -> int | None:

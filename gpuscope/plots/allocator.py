@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from gpuscope.plots.style import bytes_text, empty, figure, hover, seconds_since, text
+from gpuscope.plots.style import empty, figure, hover, seconds_since, text
+from gpuscope.units import duration, size
 
 
 def _in_step(frame: pd.DataFrame, in_step: pd.Series | None) -> pd.arrays.IntegerArray:
@@ -32,7 +33,7 @@ def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFram
                                                                              sort=True):
             rows = [{"step": "outside steps" if pd.isna(r.at_step) else int(r.at_step), "tensor": r.tensor,
                      "nodes/leafs": f"{r.old_count} -> {r.new_count}",
-                     "size needed": bytes_text(r.size_needed), "slot reserved": bytes_text(r.size_max),
+                     "size needed": size(r.size_needed), "slot reserved": size(r.size_max),
                      "allocator": hex(int(r.galloc)), "device": r.device} for r in group.itertuples()]
             fig.add_trace(go.Scatter(
                 x=seconds_since(group["ts_ns"], t0), y=[f"reallocation: {text(reason)}"] * len(group),
@@ -43,7 +44,7 @@ def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFram
         for trigger, group in sched_reserve.assign(at_step=steps).groupby(sched_reserve["trigger"].astype(str),
                                                                            sort=True):
             rows = [{"step": "outside steps" if pd.isna(r.at_step) else int(r.at_step),
-                     "sync before": f"{r.sync_ns / 1e6:.3f} ms", "reserve": f"{r.reserve_ns / 1e6:.3f} ms",
+                     "sync before": duration(r.sync_ns), "reserve": duration(r.reserve_ns),
                      "graph": f"{r.n_nodes} nodes, {r.n_splits} splits",
                      "backends changed": bool(r.backend_ids_changed), "scheduler": hex(int(r.sched))}
                     for r in group.itertuples()]
@@ -54,7 +55,7 @@ def allocator_timeline(gallocr_realloc: pd.DataFrame, sched_reserve: pd.DataFram
                             line=dict(width=0.5, color="#444")),
                 hovertext=hover(rows), hoverinfo="text"))
     if len(gallocr_buffer):
-        rows = [{"buffer type": r.buft, "size": f"{bytes_text(r.old_size)} -> {bytes_text(r.new_size)}",
+        rows = [{"buffer type": r.buft, "size": f"{size(r.old_size)} -> {size(r.new_size)}",
                  "buffer": int(r.buffer_id), "chunks": int(r.n_chunks), "allocator": hex(int(r.galloc))}
                 for r in gallocr_buffer.itertuples()]
         fig.add_trace(go.Scatter(

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gpuscope.plots.style import TEMPLATE, category_color, empty, figure, ms, text
+from gpuscope.units import duration
 
 _BUDGET_NAMES = {"copy": "cross-device copies", "reserve": "scheduler re-reserve",
                  "host_prepare": "host: batch, graph build, inputs", "host_scheduling": "host: scheduler loop",
@@ -52,7 +53,7 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
                  naming=str) -> None:
         for index, (category, group) in enumerate(frame.groupby(category_column, sort=False, observed=True)):
             name = text(f"{prefix}{naming(str(category))}")
-            hovers = [f"{labels.get(int(s), f'step {int(s)}')}<br>{name}: {v / 1e6:.3f} ms"
+            hovers = [f"{labels.get(int(s), f'step {int(s)}')}<br>{name}: {duration(v)}"
                       for s, v in zip(group["step"], group[value_column])]
             fig.add_trace(go.Bar(x=group["step"], y=ms(group[value_column]), name=name, legendgroup=f"{row}",
                                  legendgrouptitle_text=titles[row - 1] if index == 0 else None,

@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from gpuscope.plots.style import config_colors, empty, figure, hover, ms, text
+from gpuscope.units import duration, duration_range, share, size
 
 # syncs every step of a healthy run makes (the final synchronize, blocking transfers of a backend without async
 # copies, the hand-over between devices of a split): marking them would mark every step
@@ -32,7 +33,7 @@ def event_markers(step_events: pd.DataFrame, sync_per_step: pd.DataFrame, steps:
     if len(sync_per_step):
         unusual = sync_per_step[~sync_per_step["reason"].astype(str).isin(ROUTINE_SYNCS)]
         for step, group in unusual.groupby("step"):
-            detail = ", ".join(f"{int(r.count)} {r.reason} on {r.backend} ({r.time_ns / 1e6:.3g} ms)"
+            detail = ", ".join(f"{int(r.count)} {r.reason} on {r.backend} ({duration(r.time_ns)})"
                                for r in group.itertuples())
             rows.append({"step": step, "kind": "sync", "detail": f"syncs: {detail}"})
     if not rows:
@@ -65,7 +66,7 @@ def step_time_vs_context(steps: pd.DataFrame, fits: pd.DataFrame | None = None, 
         # a context's first step pays one-time costs (graph build, allocation): drawn open, outside the legend
         for cold, part in group.groupby("cold_start", sort=True):
             rows = [{"step": int(r.step), "configuration": config, "context": int(r.context),
-                     "tokens": int(r.n_tokens), "time": f"{r.wall_ns / 1e6:.3f} ms",
+                     "tokens": int(r.n_tokens), "time": duration(r.wall_ns),
                      "KV view": "" if pd.isna(r.n_kv) else int(r.n_kv),
                      "graph reused": "" if pd.isna(r.graph_reused) else bool(r.graph_reused),
                      "first step of its context": bool(r.cold_start)} for r in part.itertuples()]
@@ -80,8 +81,8 @@ def step_time_vs_context(steps: pd.DataFrame, fits: pd.DataFrame | None = None, 
         if config not in colors or np.isnan(fit.slope_ns_per_cell) or (n_tokens and fit.n_tokens != n_tokens):
             continue
         x = np.array([fit.context_min, fit.context_max], dtype=np.float64)
-        label = (f"fit {text(config)}: {fit.intercept_ns / 1e6:.3g} ms + {fit.slope_ns_per_cell * 1e3 / 1e6:.3g} ms"
-                 f" per 1k cells (95% CI {fit.slope_ci_low * 1e3 / 1e6:.3g} to {fit.slope_ci_high * 1e3 / 1e6:.3g})")
+        label = (f"fit {text(config)}: {duration(fit.intercept_ns)} + {duration(fit.slope_ns_per_cell * 1e3)} per 1k "
+                 f"cells (95% CI {duration_range(fit.slope_ci_low * 1e3, fit.slope_ci_high * 1e3, between=' to ')})")
         fig.add_trace(go.Scatter(
             x=x, y=ms(fit.intercept_ns + fit.slope_ns_per_cell * x), mode="lines", name=f"fit: {text(config)}",
             legendgroup=config, showlegend=False, line=dict(color=colors[config], dash="dash", width=2),
@@ -92,8 +93,8 @@ def step_time_vs_context(steps: pd.DataFrame, fits: pd.DataFrame | None = None, 
             group = group.dropna(subset=["floor_ns"]).sort_values("context")
             if config not in colors or not len(group):
                 continue
-            rows = [{"configuration": config, "context": int(r.context), "floor": f"{r.floor_ns / 1e6:.3f} ms",
-                     "bytes read": f"{r.bytes_read / 1e9:.3g} GB", "efficiency": f"{r.efficiency:.0%}"}
+            rows = [{"configuration": config, "context": int(r.context), "floor": duration(r.floor_ns),
+                     "bytes read": size(r.bytes_read), "efficiency": share(r.efficiency)}
                     for r in group.itertuples()]
             fig.add_trace(go.Scatter(
                 x=group["context"], y=ms(group["floor_ns"]), mode="lines", name=f"bandwidth floor: {text(config)}",
@@ -103,7 +104,7 @@ def step_time_vs_context(steps: pd.DataFrame, fits: pd.DataFrame | None = None, 
         chosen = _decode_steps(markers, n_tokens)
         for kind, group in chosen.groupby("kind", sort=False):
             rows = [{"step": int(r.step), "configuration": str(r.config), "context": int(r.context),
-                     "time": f"{r.wall_ns / 1e6:.3f} ms", "event": r.detail} for r in group.itertuples()]
+                     "time": duration(r.wall_ns), "event": r.detail} for r in group.itertuples()]
             fig.add_trace(go.Scatter(
                 x=group["context"], y=ms(group["wall_ns"]), mode="markers", name=text(kind),
                 legendgroup=f"event {kind}",

@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from gpuscope.plots.style import PALETTE, TEMPLATE, empty, figure, text
+from gpuscope.units import share
 
 _LABEL_CHARS = 48
 _ROW_PX = 24
@@ -56,7 +57,7 @@ def cpu_flame(stacks: pd.DataFrame, *, min_share: float = 0.005,
         return empty(figure(title, "", ""), "no native stacks were sampled (gpuscope collect stacks)")
     grand = int(tree.loc[tree["parent"] == "", "samples"].sum())
     labels = [text(f if len(f) <= _LABEL_CHARS else f[:_LABEL_CHARS - 3] + "...") for f in tree["frame"]]
-    hovers = [f"{text(frame)}<br>{samples} samples ({samples / grand:.1%}), mostly {text(category)}"
+    hovers = [f"{text(frame)}<br>{samples} samples ({share(samples / grand)}), mostly {text(category)}"
               for frame, samples, category in zip(tree["frame"], tree["samples"], tree["category"])]
     colors = [CATEGORY_COLORS.get(c, PALETTE[i % len(PALETTE)]) for i, c in enumerate(tree["category"])]
     depth = int(tree["id"].str.count(";").max()) + 1

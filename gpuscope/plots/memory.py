@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gpuscope.analysis.memory import timeline
-from gpuscope.plots.style import MIB, TEMPLATE, category_color, empty, figure, seconds_since, text
+from gpuscope.plots.style import TEMPLATE, category_color, empty, figure, seconds_since, text
+from gpuscope.units import MIB, number, size
 
 MAPPED = " (mapped file)"
 
@@ -49,7 +50,7 @@ def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None,
         x = seconds_since(part["ts_ns"], t0)
         for index, owner in enumerate(owners):
             values = part[owner].fillna(0).to_numpy(np.float64)
-            hovers = [f"{text(location)}, {text(owner)}: {v / MIB:.1f} MiB at {t:.3f} s" for v, t in zip(values, x)]
+            hovers = [f"{text(location)}, {text(owner)}: {size(v)} at {number(t)} s" for v, t in zip(values, x)]
             fig.add_trace(go.Scatter(
                 x=x, y=values / MIB, mode="lines", line_shape="hv", stackgroup=f"location{row}", name=text(owner),
                 legendgroup=owner, showlegend=row == 1 or owner not in _owners_before(held, locations[:row - 1]),

@@ -21,7 +21,6 @@ CATEGORY_COLORS = {
     "copy": "#FFA15A", "reserve": "#FF6692", "host_prepare": "#B6E880", "host_scheduling": "#19D3F3",
     "host_after_compute": "#FECB52", "idle": "#E5E5E5", "unexplained_ns": "#BAB0AC",
 }
-MIB = 1 << 20
 
 
 def text(value) -> str:
@@ -81,12 +80,18 @@ def first_timestamp(*frames: pd.DataFrame, column: str = "ts_ns") -> int:
     return min(starts) if starts else 0
 
 
-def bytes_text(value: float) -> str:
-    value = float(value)
-    for unit, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)):
-        if abs(value) >= size:
-            return f"{value / size:.3g} {unit}"
-    return f"{value:.0f} B"
+def shared_axes(*figures: go.Figure) -> None:
+    """The same x and y ranges on every figure, so that runs drawn side by side read against one scale: from 0 (or
+    the least value) to the largest value any of them draws."""
+    xs = [np.asarray(t.x, np.float64) for fig in figures for t in fig.data if t.x is not None and len(t.x)]
+    ys = [np.asarray(t.y, np.float64) for fig in figures for t in fig.data if t.y is not None and len(t.y)]
+    if not xs or not ys:
+        return
+    x_low, x_high = min(0.0, min(np.nanmin(x) for x in xs)), max(np.nanmax(x) for x in xs)
+    y_low, y_high = min(0.0, min(np.nanmin(y) for y in ys)), max(np.nanmax(y) for y in ys)
+    for fig in figures:
+        fig.update_xaxes(range=[x_low, x_high + 0.02 * (x_high - x_low)])
+        fig.update_yaxes(range=[y_low, y_high + 0.05 * (y_high - y_low)])
 
 
 def hover(rows: list[dict]) -> list[str]:

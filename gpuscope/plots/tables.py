@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from gpuscope.plots.style import TEMPLATE, bytes_text, empty, figure, text
+from gpuscope.plots.style import TEMPLATE, empty, figure, text
+from gpuscope.units import duration, number, share, size
 
 _NONE_FILL = "#fde0dd"
 _ROW_FILL = "#ffffff"
@@ -60,11 +61,11 @@ def copy_matrix(copy_pairs: pd.DataFrame, value: str = "time_per_step_ns",
     for r in copy_pairs.itertuples():
         i, j = sources.index(str(r.src_device)), targets.index(str(r.dst_device))
         z[i, j] = getattr(r, value) / (1e6 if value.endswith("_ns") else 1)
-        cell_text[i][j] = f"{r.copies_per_step:.3g} copies<br>{bytes_text(r.bytes_per_step)}<br>" \
-                          f"{r.time_per_step_ns / 1e6:.3g} ms"
-        notes[i][j] = (f"{text(r.src_device)} -> {text(r.dst_device)}<br>{r.copies_per_step:.3g} copies, "
-                       f"{bytes_text(r.bytes_per_step)}, {r.time_per_step_ns / 1e6:.3g} ms per step "
-                       f"({r.share:.1%} of step time)<br>most copied: {text(_short_list(r.top_tensors, 5))}")
+        cell_text[i][j] = f"{number(r.copies_per_step)} copies<br>{size(r.bytes_per_step)}<br>" \
+                          f"{duration(r.time_per_step_ns)}"
+        notes[i][j] = (f"{text(r.src_device)} -> {text(r.dst_device)}<br>{number(r.copies_per_step)} copies, "
+                       f"{size(r.bytes_per_step)}, {duration(r.time_per_step_ns)} per step "
+                       f"({share(r.share)} of step time)<br>most copied: {text(_short_list(r.top_tensors, 5))}")
     unit = {"time_per_step_ns": "ms per step", "bytes_per_step": "bytes per step",
             "copies_per_step": "copies per step"}.get(value, value)
     fig.add_trace(go.Heatmap(z=z, x=[text(t) for t in targets], y=[text(s) for s in sources], colorscale="Reds",

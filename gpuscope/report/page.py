@@ -3,12 +3,13 @@ of text from a trace escaped (a tensor name is data, never markup)."""
 from __future__ import annotations
 
 import html
-import json
 from typing import Iterable
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+from gpuscope.units import as_table, human, label, value
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1f2328; background: #fafbfc; }
@@ -41,23 +42,23 @@ def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def table(frame: pd.DataFrame, *, max_rows: int = 200, float_format: str = "{:.4g}") -> str:
-    """A DataFrame as an HTML table, every cell escaped."""
+def table(frame: pd.DataFrame, *, max_rows: int = 200, unit_name: str = "") -> str:
+    """A DataFrame as an HTML table in human units (gpuscope.units.human), every cell escaped."""
     if frame is None or not len(frame):
         return "<p class='muted'>(none)</p>"
-    shown = frame.head(max_rows)
+    shown = human(frame.head(max_rows), unit_name=unit_name)
     more = f"<p class='muted'>{len(frame) - max_rows} more rows not shown</p>" if len(frame) > max_rows else ""
-    return "<div class='wide'>" + shown.to_html(index=False, escape=True, border=0, na_rep="",
-                                                float_format=lambda v: float_format.format(v)) + "</div>" + more
+    return "<div class='wide'>" + shown.to_html(index=False, escape=True, border=0) + "</div>" + more
 
 
 def pairs(items: Iterable[tuple[str, object]]) -> str:
-    """A two-column key / value table; values escaped (lists and dicts as compact JSON)."""
+    """A two-column key / value table: each value in the unit its key names, a value that is a table (a list of
+    records, a dict of dicts) as a small table of its own; everything escaped."""
     rows = []
-    for key, value in items:
-        if isinstance(value, (list, dict)):
-            value = json.dumps(value, default=str)
-        rows.append(f"<tr><th>{esc(key)}</th><td class='mono'>{esc(value)}</td></tr>")
+    for key, item in items:
+        nested = as_table(item)
+        shown = table(nested, unit_name=str(key)) if nested is not None else f"<span>{esc(value(item, key))}</span>"
+        rows.append(f"<tr><th>{esc(label(key))}</th><td>{shown}</td></tr>")
     return "<table>" + "".join(rows) + "</table>" if rows else "<p class='muted'>(not recorded)</p>"
 
 

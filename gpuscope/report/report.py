@@ -16,9 +16,10 @@ import pandas as pd
 
 from gpuscope.analysis.facade import Analysis
 from gpuscope.doctor.rules import diagnose, headline
-from gpuscope.plots import before_after, standard_figures, step_time_vs_context
+from gpuscope.plots import comparison_figures, standard_figures
 from gpuscope.report.page import esc, figure_div, page, pairs, table
 from gpuscope.trace.model import Trace
+from gpuscope.units import duration
 from gpuscope.version import __version__
 
 _FIGURE_TITLES = {
@@ -40,16 +41,16 @@ def _summary(a: Analysis, findings: list) -> str:
     items = [("trace", a.trace.path or "in memory"), ("made by", a.trace.meta.get("source", "?")),
              ("steps", f"{len(a.steps)} ({len(steps)} complete)")]
     if len(steps):
-        items.append(("step time", f"median {steps['wall_ns'].median() / 1e6:.3g} ms "
-                                   f"(p10 {steps['wall_ns'].quantile(0.1) / 1e6:.3g}, "
-                                   f"p90 {steps['wall_ns'].quantile(0.9) / 1e6:.3g})"))
+        items.append(("step time", f"median {duration(steps['wall_ns'].median())} "
+                                   f"(p10 {duration(steps['wall_ns'].quantile(0.1))}, "
+                                   f"p90 {duration(steps['wall_ns'].quantile(0.9))})"))
         items.append(("context", f"{int(steps['context'].min())} .. {int(steps['context'].max())} cells"))
         items.append(("configurations", ", ".join(map(str, pd.unique(steps["config"])))))
     items.append(("findings", ", ".join(f"{n} {severity}" for severity, n in counts.items())))
     return pairs(items)
 
 
-def _finding(f) -> str:
+def _finding(f, anchor: str = "") -> str:
     share = "".join(f" &middot; {esc(part)}" for part in (f.config and f"configuration {f.config}", f.phase,
                                                           f.saving_text()) if part)
     evidence = pairs(f.evidence.items())
@@ -63,8 +64,10 @@ def _finding(f) -> str:
     if f.verified is not None:
         predicted = f.saving_text() or "no estimate"
         checked = (f"<p><b>Predicted:</b> {esc(predicted)} &middot; <b>Verified:</b> {esc(f.verified_text())}</p>")
-    return (f"<div class='finding {esc(f.severity)}'><h3><span class='badge {esc(f.severity)}'>{esc(f.severity)}"
-            f"</span><code>{esc(f.id)}</code><span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
+    where = f" id='{esc(anchor)}'" if anchor else ""
+    return (f"<div class='finding {esc(f.severity)}'{where}><h3>"
+            f"<span class='badge {esc(f.severity)}'>{esc(f.severity)}</span><code>{esc(f.id)}</code>"
+            f"<span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
             f"{checked}"
             f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
             f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
@@ -126,16 +129,11 @@ def _environment(a: Analysis) -> str:
     parts.append("<h3>Devices</h3>")
     devices = a.devices
     if len(devices):
-        view = devices.copy()
-        for column in ("memory_total", "memory_free"):
-            if column in view:
-                view[column] = (view[column].astype(float) / (1 << 30)).map(lambda v: f"{v:.2f} GiB")
-        parts.append(table(view))
+        parts.append(table(devices))
     else:
         parts.append("<p class='muted'>the trace has no device_info events</p>")
     bandwidth = a.bandwidth
-    parts.append("<h3>Memory bandwidth used for the floor</h3>" + table(bandwidth.assign(
-        GB_per_s=bandwidth["bytes_per_s"] / 1e9).drop(columns=["bytes_per_s"])))
+    parts.append("<h3>Memory bandwidth used for the floor</h3>" + table(bandwidth))
     machine = meta.get("machine")
     parts.append("<h3>Machine and driver</h3>" + (pairs(machine.items()) if machine else
                                                    "<p class='muted'>not recorded in the trace (CPU runs have no "
@@ -143,20 +141,12 @@ def _environment(a: Analysis) -> str:
     return "".join(parts)
 
 
-def _ms_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Nanosecond columns shown in milliseconds."""
-    view = frame.copy()
-    for column in [c for c in view.columns if c.endswith("_ns")]:
-        view[column.removesuffix("_ns") + "_ms"] = view.pop(column).astype(float) / 1e6
-    return view
-
-
 def _tables(a: Analysis) -> str:
-    parts = [("Step time against context: fits per configuration and batch size", _ms_columns(a.fits)),
-             ("Changes in step time along the context, and what happened there", _ms_columns(a.breakpoints)),
-             ("Where the step time went (all complete steps)", _ms_columns(a.budget_summary)),
-             ("Synchronizations per step", _ms_columns(a.sync_summary)),
-             ("Cross-device copies per step, by device pair", _ms_columns(a.copy_pairs)),
+    parts = [("Step time against context: fits per configuration and batch size", a.fits),
+             ("Changes in step time along the context, and what happened there", a.breakpoints),
+             ("Where the step time went (all complete steps)", a.budget_summary),
+             ("Synchronizations per step", a.sync_summary),
+             ("Cross-device copies per step, by device pair", a.copy_pairs),
              ("Allocator re-plans", a.allocator_churn),
              ("Memory peaks per location", a.memory_peaks.drop(columns=["at_ns"], errors="ignore"))]
     return "".join(f"<h3>{esc(title)}</h3>{table(frame)}" for title, frame in parts)
@@ -204,29 +194,42 @@ def write_report(trace: Analysis | Trace | str | os.PathLike, out: str | os.Path
 # -- comparison ------------------------------------------------------------------------------------------------------
 
 def compare_html(comparison, *, title: str | None = None) -> str:
-    """The report of a gpuscope.compare Comparison: verdicts, the before/after plot, and every table."""
+    """The report of a gpuscope.compare Comparison: which traces, what differs between their recordings, the
+    verdicts as speed-ups, the findings that appeared or disappeared (linked to their cards), the plots on shared
+    axes, and every table."""
     c = comparison
-    label_a, label_b = c.labels
-    verdicts = c.verdicts
-    if len(verdicts):
-        lines = "".join(f"<li class='verdict'>{esc(r.config)}, {r.n_tokens} token(s), context {r.context_from}+: "
-                        f"{esc(r.verdict)} by {abs(r.diff_pct):.1f}% (95% interval {r.ci_low_ns / 1e6:+.3g} to "
-                        f"{r.ci_high_ns / 1e6:+.3g} ms)</li>" for r in verdicts.itertuples())
-        summary = f"<ul>{lines}</ul>"
-    else:
-        summary = "<p>No step-time difference whose 95% interval excludes zero.</p>"
-    summary += pairs([(label_a, c.a.trace.path), (label_b, c.b.trace.path)])
-    n_tokens = 1 if (c.step_time["n_tokens"] == 1).any() else (int(c.step_time["n_tokens"].iloc[0])
-                                                                if len(c.step_time) else 1)
-    plots = figure_div(before_after(c.step_time, c.a.complete_steps, c.b.complete_steps, labels=c.labels,
-                                    n_tokens=n_tokens, title=f"{label_a} against {label_b}"))
-    for label, analysis in ((label_a, c.a), (label_b, c.b)):
-        plots += figure_div(step_time_vs_context(analysis.complete_steps, analysis.fits, analysis.floor,
-                                                 n_tokens=n_tokens, title=f"{label}: step time against context"))
-    sections = [("verdict", "Verdict", summary), ("plots", "Plots", plots)]
-    sections += [(f"table{i}", heading, table(frame)) for i, (heading, frame) in enumerate(c.sections())]
+    (label_a, label_b), (name_a, name_b) = c.labels, c.names
+    traces = pairs([(label_a, f"{name_a} ({c.a.trace.path})"), (label_b, f"{name_b} ({c.b.trace.path})")])
+    differs = table(c.differences) if len(c.differences) else \
+        "<p class='muted'>Nothing their meta.json records differs (build, configuration, command, model).</p>"
+    lines = c.verdict_lines()
+    verdict = ("<ul>" + "".join(f"<li class='verdict'>{esc(line)}</li>" for line in lines) + "</ul>" if lines
+               else "<p>No step-time difference whose 95% interval excludes zero.</p>")
+    figures = comparison_figures(c)
+    plots = "".join(figure_div(fig) for fig in figures.values())
+    sections = [("traces", "Traces", traces + "<h3>What differs</h3>" + differs),
+                ("verdict", "Verdict", verdict), ("findings", "Findings", _finding_changes(c)),
+                ("plots", "Plots", plots)]
+    sections += [(f"table{i}", heading, table(frame)) for i, (heading, frame) in enumerate(c.sections())
+                 if heading != "Findings"]
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return page(title or f"gpuscope compare: {label_a} / {label_b}", f"gpuscope {__version__}, {created}", sections)
+    return page(title or f"gpuscope compare: {name_a} against {name_b}", f"gpuscope {__version__}, {created}",
+                sections)
+
+
+def _finding_changes(c) -> str:
+    """What appeared and what disappeared, each linked to its card; then the cards of both traces."""
+    if not len(c.findings):
+        return "<p>No findings in either trace.</p>"
+    labels = dict(zip("ab", c.labels))
+    items = "".join(
+        f"<li><b>{esc(r.change)}</b> ({esc(r.severity)}{', ' + esc(r.config) if r.config else ''}): "
+        f"<a href='#finding-{r.trace}-{r.index}'><code>{esc(r.id)}</code></a> in {esc(labels[r.trace])}</li>"
+        for r in c.findings.itertuples())
+    cards = "".join(f"<h3>Findings of {esc(labels[key])}</h3>" + "".join(
+        _finding(f, anchor=f"finding-{key}-{i}") for i, f in enumerate(findings)) if findings else ""
+        for key, findings in (("a", c.findings_a), ("b", c.findings_b)))
+    return f"<ul>{items}</ul>{cards}"
 
 
 def write_compare_report(comparison, out: str | os.PathLike, *, title: str | None = None) -> Path:

@@ -17,6 +17,7 @@ import pandas as pd
 from gpuscope.analysis.kernels import collection_cost
 from gpuscope.collectors.kernels import KernelProfiler, gpu_backend
 from gpuscope.collectors.stacks import StackSampler, allow_any_tracer, stack_marker
+from gpuscope.units import duration, share as share_text
 
 
 @dataclass
@@ -42,7 +43,7 @@ class KernelCollection:
         return kernels, meta
 
     def summary(self, frame: pd.DataFrame, meta: dict) -> str:
-        return (f"{len(frame)} GPU activities, clock residual {meta['clock']['residual_ns'] / 1e3:.1f} us"
+        return (f"{len(frame)} GPU activities, clock residual {duration(meta['clock']['residual_ns'])}"
                 f"{' (plain pass, then profiled)' if self.baseline else ''}")
 
 
@@ -89,7 +90,7 @@ class StackCollection:
     def summary(self, frame: pd.DataFrame, meta: dict) -> str:
         share = frame.groupby("category")["duration_ns"].sum() / max(int(frame["duration_ns"].sum()), 1)
         return f"{len(frame)} stack spans at {self.rate} Hz; " + ", ".join(
-            f"{name} {value:.0%}" for name, value in share.sort_values(ascending=False).items())
+            f"{name} {share_text(value)}" for name, value in share.sort_values(ascending=False).items())
 
 
 def _allow_tracer_in_worker(_session) -> bool:
