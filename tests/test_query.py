@@ -273,3 +273,10 @@ def test_traces_larger_than_the_memory_limit_are_queried_within_it(tmp_path) -> 
     assert not spill.exists()  # DuckDB made the folder for its spill files and removed it
     assert {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in (tmp_path / "copies").rglob("*")} == \
         recorded  # nothing recorded was touched
+
+
+def test_bench_query_refuses_trace_counts_that_are_not_whole_numbers(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "query", "--traces", "1,x"])
+    assert exited.value.code == 2
+    assert "'1,x' is not a comma-separated list of whole counts" in capsys.readouterr().err

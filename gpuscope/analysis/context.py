@@ -102,13 +102,14 @@ def find_breakpoints(steps: pd.DataFrame, events: pd.DataFrame | None = None) ->
             continue
         bins = bin_medians(group["context"].to_numpy(), group["wall_ns"].to_numpy(),
                            max_bins=max(6, min(120, len(group) // 4)))
-        changes = {k: ["level or slope"] for k in breakpoints(bins)}
+        level_changes = breakpoints(bins)
+        changes = {k: ["level or slope"] for k in level_changes}
         first_level = float(np.median(bins.y[:3]))
         for k, fold in _growth_milestones(bins.y, first_level).items():
             at = next((b for b in changes if abs(b - k) <= 1), k)
             changes.setdefault(at, []).append(f"{fold}x the first steps")
         for k, what in sorted(changes.items()):
-            grown = not what[0].startswith("level")
+            grown = k not in level_changes
             before = bins.y[:3] if grown else bins.y[max(k - 3, 0):k]
             # the steps around the change: those of the two bins it separates
             near = group[(group["context"] >= bins.lo[max(k - 1, 0)]) & (group["context"] <= bins.hi[k])]

@@ -15,7 +15,7 @@ from gpuscope.bench import live as live_bench
 from gpuscope.bench import overhead as overhead_bench
 from gpuscope.bench import query as query_bench
 from gpuscope.bench import ring as ring_bench
-from gpuscope.cli.options import command_group, depths, output_path
+from gpuscope.cli.options import command_group, counts, depths, output_path
 from gpuscope.engine.build import find_build
 from gpuscope.query import DEFAULT_MEMORY_LIMIT
 from gpuscope.units import terminal_width, text_table
@@ -98,8 +98,7 @@ def _register_overhead(bench) -> None:
 
 
 def _analysis(args) -> int:
-    sizes = [int(float(s)) for s in args.events.split(",") if s.strip()]
-    results = analysis_bench.run(sizes, Path(args.trace) if args.trace else None, args.engine, Path(args.keep) if args.keep else None)
+    results = analysis_bench.run(args.events, Path(args.trace) if args.trace else None, args.engine, Path(args.keep) if args.keep else None)
     if args.json:
         print(json.dumps(results))
     return 0
@@ -110,7 +109,7 @@ def _register_analysis(bench) -> None:
         "analysis", help="load and doctor time against event count, on copies of a real recorded trace",
         description="Scales a real recorded trace (copies shifted in time, sequence and step) to each event count "
                     "and times loading it and running the doctor, each size in a fresh process.")
-    parser.add_argument("--events", default="1e6,1e7", help="event counts, comma-separated (default 1e6,1e7)")
+    parser.add_argument("--events", type=counts, default="1e6,1e7", help="event counts, comma-separated (default 1e6,1e7)")
     parser.add_argument("--trace", help="the real trace to scale (default: record one now with the CPU build)")
     parser.add_argument("--engine", help="engine build to record the source trace with (default: the CPU build)")
     parser.add_argument("--keep", help="folder to keep the scaled traces in")
@@ -198,8 +197,7 @@ def _register_doctor(bench) -> None:
 
 
 def _query(args) -> int:
-    counts = [int(count) for count in args.traces.split(",") if count.strip()]
-    results = query_bench.run(counts, Path(args.trace) if args.trace else None, args.memory_limit)
+    results = query_bench.run(args.traces, Path(args.trace) if args.trace else None, args.memory_limit)
     if args.json:
         print(json.dumps(results))
     return 0
@@ -212,7 +210,7 @@ def _register_query(bench) -> None:
                     "kernels trace of datasets/) to each count and times opening the set and three queries (a "
                     "streaming aggregate, one joined to the traces' meta, and a DISTINCT that grows with the rows), "
                     "each count in a fresh process for its peak RSS.")
-    parser.add_argument("--traces", default="1,10,100", help="trace counts, comma-separated (default 1,10,100)")
+    parser.add_argument("--traces", type=counts, default="1,10,100", help="trace counts, comma-separated (default 1,10,100)")
     parser.add_argument("--trace", help="the real trace to copy (default: datasets/h200x2-splits/x2-kernels-tensor)")
     parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
                         help=f"DuckDB's memory limit (default {DEFAULT_MEMORY_LIMIT})")

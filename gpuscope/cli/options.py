@@ -88,6 +88,17 @@ def depths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts") from None
 
 
+def counts(text: str) -> list[int]:
+    """`--events 1e6,1e7`, `--traces 1,10,100`: whole counts, written plainly or as 1e6."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(value.is_integer() and value >= 1 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole counts (1,10,100 or 1e6)")
+    return [int(value) for value in values]
+
+
 def command_group(subparsers, name: str, help: str):
     """The nested subparsers of a group such as `bench` that several stage modules add commands to."""
     if name not in subparsers.choices:
