@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gpuscope.doctor.rules import diagnose
@@ -253,3 +254,156 @@ def test_trace_report_shows_no_scientific_notation(tmp_path) -> None:
     shown = visible_text(page)
     assert not SCIENTIFIC.search(shown), SCIENTIFIC.search(shown)
     assert "GiB" in shown and " MB" not in shown and "intercept (interval)" in shown
+
+
+# -- views per configuration -------------------------------------------------------------------------------------------
+
+SPLITS = DATASETS / "h200x2-splits"
+
+
+def legend_colors(fig) -> dict[str, set[str]]:
+    """Each legend entry (legend group) with the colours its traces are drawn in."""
+    found: dict[str, set[str]] = {}
+    for t in fig.data:
+        color = t.marker.color if t.type == "bar" else t.line.color
+        found.setdefault(t.legendgroup or t.name, set()).add(str(color))
+    return found
+
+
+def test_step_time_has_a_panel_per_configuration_with_its_median_band_and_a_log_toggle() -> None:
+    a = Analysis(dataset("cpu-sweep-split-configs"))
+    fig = standard_figures(a)["step_time_vs_context"]
+    # one panel per configuration, each on its own time axis: 28 ms, 43 ms and 183 ms do not squash one another
+    titles = [annotation.text for annotation in fig.layout.annotations]
+    assert [t.split(": median")[0] for t in titles] == a.configs
+    axis_of = {t.legendgroup: t.yaxis for t in fig.data if t.mode == "markers" and t.legendgroup in a.configs}
+    assert sorted(axis_of.values()) == ["y", "y2", "y3"]
+    for config in a.configs:
+        bands = a.step_time_bands[(a.step_time_bands["config"] == config) & (a.step_time_bands["n_tokens"] == 1)]
+        median = next(t for t in fig.data if t.name == f"median: {config}")
+        band = next(t for t in fig.data if t.name == f"interquartile range: {config}")
+        assert median.yaxis == band.yaxis == axis_of[config] and len(bands) == 3  # a median per depth
+        assert np.allclose(median.y, bands["median_ns"] / 1e6)
+        assert np.allclose(sorted(band.y), sorted(np.concatenate([bands["p25_ns"], bands["p75_ns"]]) / 1e6))
+        decode = a.complete_steps[(a.complete_steps["config"] == config) & ~a.complete_steps["cold_start"]]
+        assert all(lo <= m <= hi for lo, m, hi in zip(bands["p25_ns"], bands["median_ns"], bands["p75_ns"]))
+        assert bands["steps"].sum() == len(decode[decode["n_tokens"] == 1])
+    # the toggle switches every panel's axis
+    linear, log = (button.args[0] for button in fig.layout.updatemenus[0].buttons)
+    assert {k for k, v in log.items() if v == "log"} == {"yaxis.type", "yaxis2.type", "yaxis3.type"}
+    assert {k for k, v in linear.items() if v == "linear"} == {"yaxis.type", "yaxis2.type", "yaxis3.type"}
+
+
+def test_one_configuration_of_a_fast_and_a_slow_pair_keeps_its_own_axis(tmp_path) -> None:
+    a = Analysis(DATASETS / "h200-bench-doctor" / "partial-offload-as-one-sweep-with-all-layers.trace")
+    ranking = a.config_ranking
+    assert list(ranking["config"]) == ["all layers", "8 of 16 layers"] and list(ranking["rank"]) == [1, 2]
+    assert ranking["slowdown"].iloc[1] > 10 and ranking["tokens_per_s"].iloc[0] > 500
+    fig = standard_figures(a)["step_time_vs_context"]
+    fast = next(t for t in fig.data if t.name == "all layers")
+    slow = next(t for t in fig.data if t.name == "8 of 16 layers")
+    assert fast.yaxis != slow.yaxis and np.median(fast.y) < 0.1 * np.median(slow.y)
+    # the ranked table leads the report, with tokens/s, fastest first
+    page = write_report(a, tmp_path / "r.html").read_text()
+    shown = visible_text(page)
+    assert page.index("Configurations ranked by median decode time per token") < page.index(">Findings</h2>")
+    ranked = shown[shown.index("Configurations ranked"):]
+    assert "tokens_per_s" in ranked and ranked.index("all layers") < ranked.index("8 of 16 layers")
+    assert "15.0x" in ranked  # 20.8 against 1.39 ms per token
+
+
+def test_breakdown_has_a_row_per_gpu_with_its_busy_share_and_never_adds_the_gpus_up() -> None:
+    for split in ("tensor", "layer"):
+        a = Analysis(SPLITS / f"x2-kernels-{split}.trace")
+        fig = standard_figures(a)["step_breakdown"]
+        titles = [annotation.text for annotation in fig.layout.annotations]
+        decode = a.complete_steps.loc[a.complete_steps["n_tokens"] == 1, "step"]
+        busy = a.gpu_busy[a.gpu_busy["step"].isin(decode)].groupby("device")["busy_fraction"].median()
+        assert titles[1:] == [f"GPU {gpu} (kernels collected): busy {value(busy[gpu], 'share')} of a step (median)"
+                              for gpu in ("CUDA0", "CUDA1")]
+        wall = a.complete_steps.set_index("step")["wall_ns"] / 1e6
+        for gpu, axis in (("CUDA0", "y2"), ("CUDA1", "y3")):
+            kernels = [t for t in fig.data if t.yaxis == axis and t.name != "idle"]
+            stacked = pd.concat([pd.Series(t.y, index=t.x) for t in kernels]).groupby(level=0).sum()
+            own = a.gpu_families[a.gpu_families["device"] == gpu].groupby("step")["time_ns"].sum() / 1e6
+            assert np.allclose(stacked.sort_index(), own.reindex(stacked.index).sort_index())
+            # one GPU's kernels fit in its steps: the tensor split's two GPUs together held 1.9x the step
+            assert (stacked / wall.reindex(stacked.index)).median() < 1.0
+        # the tensor split keeps both GPUs busy; the layer split's pipeline bubble idles each half the step
+        assert ((busy > 0.7) if split == "tensor" else (busy < 0.6)).all()
+
+
+def test_legend_entries_have_colours_of_their_own_across_groups() -> None:
+    figures = standard_figures(Analysis(SPLITS / "x2-kernels-tensor.trace"))
+    breakdown = figures["step_breakdown"]
+    colors = legend_colors(breakdown)
+    assert all(len(c) == 1 for c in colors.values())  # matmul is one colour on both GPUs' rows
+    flat = [next(iter(c)) for c in colors.values()]
+    assert len(flat) == len(set(flat)), colors
+    entries = {t.legendgroup for t in breakdown.data}
+    assert {"GPU kernels: matmul", "GPU kernels: flash_attn", "decoding thread: backend Meta(CUDA0,CUDA1): compute / "
+            "launches", "decoding thread: host: outputs"} <= entries
+    # shown once in the legend, drawn on each GPU's row
+    assert sum(bool(t.showlegend) for t in breakdown.data if t.legendgroup == "GPU kernels: matmul") == 1
+    assert len({t.yaxis for t in breakdown.data if t.legendgroup == "GPU kernels: matmul"}) == 2
+    for name in ("memory_over_time", "step_time_vs_context"):
+        fig = figures[name]
+        drawn = {group: c - {"None"} for group, c in legend_colors(fig).items() if not group.startswith("event ")}
+        assert all(len(c) <= 1 for c in drawn.values()), (name, drawn)
+
+
+def test_breakdown_memory_and_copies_are_drawn_per_configuration(tmp_path) -> None:
+    a = Analysis(dataset("cpu-sweep-split-configs"))
+    figures = standard_figures(a)
+    for config in a.configs:
+        part = a.of_config(config)
+        breakdown = figures[f"step_breakdown: {config}"]
+        steps = {x for t in breakdown.data for x in t.x}
+        decode = a.complete_steps[(a.complete_steps["config"] == config) & (a.complete_steps["n_tokens"] == 1)]
+        assert steps == set(decode["step"])  # that configuration's steps, and no other's
+        memory = figures[f"memory_over_time: {config}"]
+        assert len(memory.layout.annotations) == part.buffers["location"].nunique()
+    # the local configurations copy nothing; the layer split copies between its two servers
+    assert [name for name in figures if name.startswith("copy_matrix")] == ["copy_matrix: 2 rpc, layer split"]
+    heat = figures["copy_matrix: 2 rpc, layer split"].data[0]
+    pairs = a.of_config("2 rpc, layer split").copy_pairs
+    assert heat.z[list(heat.y).index("rpc:0")][list(heat.x).index("rpc:1")] == pytest.approx(
+        pairs.set_index(["src_device", "dst_device"]).loc[("RPC0", "RPC1"), "time_per_step_ns"] / 1e6)
+    page = write_report(a, tmp_path / "r.html").read_text()
+    assert page.count("Plotly.newPlot(") == len(figures)
+    assert [f"Configuration {c}" in visible_text(page) for c in a.configs] == [True] * 3
+
+
+def test_rpc_devices_are_called_what_the_configuration_called_them() -> None:
+    a = Analysis(dataset("cpu-sweep-split-configs"))
+    figures = standard_figures(a)
+    config = "2 rpc, layer split"
+    legend = [t.name for t in figures[f"step_breakdown: {config}"].data]
+    # the engine names the second server's backend RPC0[127.0.0.1:44421], its device RPC1: both are rpc:1
+    assert "backend rpc:0: compute / launches" in legend and "backend rpc:1: compute / launches" in legend
+    memory = figures[f"memory_over_time: {config}"]
+    assert [annotation.text for annotation in memory.layout.annotations] == ["CPU", "rpc:0", "rpc:1"]
+    strings = [s for name, fig in figures.items() if name.endswith(config) for s in strings_of(fig)]
+    assert not any("RPC0[" in s for s in legend) and not any(s.startswith("RPC") for s in strings)
+    assert any("rpc:1 (engine device RPC1 at 127.0.0.1:44421)" in s for s in strings)  # the address on hover
+
+
+def test_a_later_configuration_rpc_device_is_its_rpc0_not_the_engine_count(engine_build, tiny_model) -> None:
+    from gpuscope.runs import sweep
+    from gpuscope.session import SplitConfig
+
+    # in one process the engine counts RPC devices over the sweep: the second configuration's only one is RPC2
+    configs = [SplitConfig.parse("devices=rpc:0,rpc:1 split_mode=layer n_ctx=128 n_threads=1"),
+               SplitConfig.parse("devices=rpc:0 n_gpu_layers=2 n_ctx=128 n_threads=1")]
+    a = Analysis(sweep(configs, tiny_model, engine=engine_build.root, depths=[0], n_steps=4, progress=False))
+    later = a.of_config(a.configs[1])
+    info = later.table("device_info")
+    assert list(info.loc[(info["backend"] == "RPC") & (info["process"] == "main"), "name"]) == ["RPC2"]
+    figures = standard_figures(a)
+    panels = [annotation.text for annotation in figures[f"memory_over_time: {a.configs[1]}"].layout.annotations]
+    assert "rpc:0" in panels and "RPC2" not in panels
+    legend = [t.name for t in figures[f"step_breakdown: {a.configs[1]}"].data]
+    assert "backend rpc:0: compute / launches" in legend
+    assert not any("RPC" in name for name in legend + panels)
+    hovers = [s for s in strings_of(figures[f"memory_over_time: {a.configs[1]}"]) if "engine device" in s]
+    assert hovers and all("engine device RPC2 at 127.0.0.1:" in s for s in hovers)

@@ -10,6 +10,7 @@ import pandas as pd
 from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, speculation, syncs, verdict
 from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
 from gpuscope.analysis.cpu_stacks import folded, time_per_step
+from gpuscope.analysis.devices import device_names
 from gpuscope.analysis.health import health, last_events
 from gpuscope.analysis.kernels import family_time_per_step, gpu_busy_per_step
 from gpuscope.analysis.steps import event_runs, main_process, step_table
@@ -79,6 +80,16 @@ class Analysis:
         return verdict.config_table(self.steps, self.fits, self.floor)
 
     @functools.cached_property
+    def config_ranking(self) -> pd.DataFrame:
+        """One row per configuration, fastest first: median decode ms per token, its quartiles, tokens/s, slowdown."""
+        return verdict.config_ranking(self.steps)
+
+    @functools.cached_property
+    def step_time_bands(self) -> pd.DataFrame:
+        """Per configuration, batch size and stretch of context: median step time and its interquartile range."""
+        return verdict.step_time_bands(self.steps)
+
+    @functools.cached_property
     def slower_configs(self) -> pd.DataFrame:
         return verdict.slower_configs(self.config_table)
 
@@ -120,6 +131,12 @@ class Analysis:
     @functools.cached_property
     def devices(self) -> pd.DataFrame:
         return device_table(main_process(self.table("device_info")))
+
+    @functools.cached_property
+    def device_names(self) -> pd.DataFrame:
+        """Per configuration, what each RPC device is called in the configuration's text (rpc:0), against every
+        spelling the engine gave it (RPC2, RPC0[127.0.0.1:<port>]): see gpuscope.analysis.devices."""
+        return device_names(self.trace.meta, main_process(self.table("device_info")))
 
     @functools.cached_property
     def bandwidth(self) -> pd.DataFrame:

@@ -92,3 +92,51 @@ def slower_configs(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["config", "fastest", "depths", "depths_measured", "slowdown_min",
                                        "slowdown_max", "ms_per_token", "ms_behind", "never_fastest",
                                        "ms_per_token_mean", "ms_behind_mean"])
+
+
+# a band of the step-time plot spans at most this many cells of one depth's run (a long decode gets one per stretch)
+BAND_CELLS = 256
+# fewer steps than this give no spread worth drawing
+BAND_MIN_STEPS = 3
+
+
+def step_time_bands(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, batch size and stretch of context (a depth's run of steps, cut every BAND_CELLS cells):
+    the steps' median time and interquartile range at the stretch's median context, cold starts left out (they pay
+    one-time costs). Columns: config, n_tokens, depth, context, steps, median_ns, p25_ns, p75_ns."""
+    columns = ["config", "n_tokens", "depth", "context", "steps", "median_ns", "p25_ns", "p75_ns"]
+    timed = steps[steps["complete"] & steps["wall_ns"].notna() & ~steps["cold_start"].astype(bool)]
+    if not len(timed):
+        return pd.DataFrame(columns=columns)
+    depth = timed.groupby(["config", "n_tokens"], sort=False)["context"].transform(depths)
+    stretch = depth + (timed["context"] - depth) // BAND_CELLS * BAND_CELLS
+    bands = timed.assign(depth=depth, stretch=stretch).groupby(["config", "n_tokens", "depth", "stretch"],
+                                                                sort=False).agg(
+        context=("context", "median"), steps=("wall_ns", "size"), median_ns=("wall_ns", "median"),
+        p25_ns=("wall_ns", lambda w: w.quantile(0.25)), p75_ns=("wall_ns", lambda w: w.quantile(0.75)))
+    bands = bands[bands["steps"] >= BAND_MIN_STEPS].reset_index()
+    return bands.sort_values(["config", "n_tokens", "context"], kind="stable", ignore_index=True)[columns]
+
+
+def config_ranking(steps: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration, fastest first: its decode steps (cold starts left out) at every depth together,
+    their median time per token with its interquartile range, tokens per second, and how many times slower than the
+    fastest configuration it is (`slowdown`)."""
+    columns = ["rank", "config", "ms_per_token", "p25_ms", "p75_ms", "tokens_per_s", "slowdown", "steps", "depths"]
+    decode = decode_steps(steps)
+    if "role" in decode.columns:
+        decode = decode[decode["role"].fillna("target").astype(str) == "target"]
+    if not len(decode):
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for config, group in decode.groupby("config", sort=False):
+        token_ns = group["wall_ns"] / group["n_tokens"]
+        per_token = float(token_ns.median())
+        rows.append({"config": config, "ms_per_token": per_token / 1e6,
+                     "p25_ms": float(token_ns.quantile(0.25)) / 1e6, "p75_ms": float(token_ns.quantile(0.75)) / 1e6,
+                     "tokens_per_s": 1e9 / per_token if per_token > 0 else np.nan, "steps": int(len(group)),
+                     "depths": int(depths(group["context"]).nunique())})
+    table = pd.DataFrame(rows).sort_values("ms_per_token", kind="stable", ignore_index=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    table["slowdown"] = table["ms_per_token"] / table["ms_per_token"].iloc[0]
+    return table[columns]

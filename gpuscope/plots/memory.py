@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gpuscope.analysis.memory import timeline
-from gpuscope.plots.style import TEMPLATE, category_color, empty, figure, seconds_since, text
+from gpuscope.plots.style import TEMPLATE, category_color, device_namer, empty, figure, seconds_since, text
 from gpuscope.units import MIB, number, size
 
 MAPPED = " (mapped file)"
@@ -30,18 +30,21 @@ def held_over_time(buffers: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["ts_ns", "location"])
 
 
-def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None,
+def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None, device_names: pd.DataFrame | None = None,
                      title: str = "Memory per device by owner") -> go.Figure:
     """One panel per memory location (a device, or the host), the bytes held there stacked by owner over time.
 
-    buffers: Analysis.buffers (buffer lifetimes); t0_ns: the time origin (default: the first allocation)."""
+    buffers: Analysis.buffers (buffer lifetimes) of one configuration (a sweep's configurations follow one another
+    in time: draw each on its own); t0_ns: the time origin (default: the first allocation); device_names:
+    Analysis.device_names (panels named as the configuration names its devices)."""
     held = held_over_time(buffers)
     if not len(held):
         return empty(figure(title, "time (s)", "MiB"), "no buffer events in the trace")
     t0 = int(held["ts_ns"].min()) if t0_ns is None else t0_ns
     locations = list(dict.fromkeys(held["location"]))
+    device = device_namer(device_names)
     fig = make_subplots(rows=len(locations), cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=[text(location) for location in locations])
+                        subplot_titles=[text(device(location)[0]) for location in locations])
     owner_order = ["weights", "weights" + MAPPED, "kv", "compute", "output"]
     for row, location in enumerate(locations, start=1):
         part = held[held["location"] == location]
@@ -50,7 +53,8 @@ def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None,
         x = seconds_since(part["ts_ns"], t0)
         for index, owner in enumerate(owners):
             values = part[owner].fillna(0).to_numpy(np.float64)
-            hovers = [f"{text(location)}, {text(owner)}: {size(v)} at {number(t)} s" for v, t in zip(values, x)]
+            hovers = [f"{text(device(location)[1])}, {text(owner)}: {size(v)} at {number(t)} s"
+                      for v, t in zip(values, x)]
             fig.add_trace(go.Scatter(
                 x=x, y=values / MIB, mode="lines", line_shape="hv", stackgroup=f"location{row}", name=text(owner),
                 legendgroup=owner, showlegend=row == 1 or owner not in _owners_before(held, locations[:row - 1]),

@@ -15,6 +15,8 @@ from plotly.colors import qualitative
 
 TEMPLATE = "plotly_white"
 PALETTE = qualitative.Plotly + qualitative.D3
+# enough distinct colours for every legend entry of one figure
+_MANY_COLORS = list(dict.fromkeys(PALETTE + qualitative.Dark24 + qualitative.Light24 + qualitative.Alphabet))
 # budget and owner categories keep their colour across figures
 CATEGORY_COLORS = {
     "weights": "#636EFA", "kv": "#EF553B", "compute": "#00CC96", "output": "#AB63FA", "unknown": "#BAB0AC",
@@ -46,6 +48,55 @@ def category_color(category: str, fallback_index: int) -> str:
         return ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#9467bd"][
             fallback_index % 8]
     return PALETTE[fallback_index % len(PALETTE)]
+
+
+class LegendColors:
+    """One colour per legend entry over a whole figure: the same entry (matmul on either GPU's row) keeps its colour,
+    and no two entries share one, whichever legend group they are in (palette colours were once handed out per
+    group, and Meta's compute took the colour of CUDA0's flash_attn). A category keeps its usual colour
+    (CATEGORY_COLORS) unless another entry already has it."""
+
+    def __init__(self) -> None:
+        self.given: dict[str, str] = {}
+
+    def __call__(self, entry: str, category: str = "") -> str:
+        if entry not in self.given:
+            taken = set(self.given.values())
+            usual = CATEGORY_COLORS.get(category)
+            spare = [c for c in _MANY_COLORS if c not in taken]
+            self.given[entry] = usual if usual and usual not in taken else next(
+                (c for c in spare if c not in CATEGORY_COLORS.values()), spare[0] if spare else PALETTE[0])
+        return self.given[entry]
+
+
+def device_namer(names: pd.DataFrame | None):
+    """A function from a device's engine spelling (RPC2, RPC0[127.0.0.1:<port>]) to (the name its configuration gave
+    it, hover text with the engine's name and address); other names map to themselves. names: Analysis.device_names."""
+    known = {} if names is None or not len(names) else {
+        str(r.name): (str(r.shown), str(r.detail)) for r in names.itertuples()}
+
+    def name(device) -> tuple[str, str]:
+        return known.get(str(device), (str(device), str(device)))
+    return name
+
+
+def log_toggle(fig: go.Figure) -> go.Figure:
+    """Buttons that draw every y axis of the figure linear or logarithmic (a slow configuration squashes the fast ones
+    on a linear axis); back to linear restores the ranges the axes have now."""
+    axes = [key for key in fig.layout if key.startswith("yaxis")]
+    linear, log = {}, {}
+    for axis in axes:
+        span = fig.layout[axis].range
+        linear[f"{axis}.type"], log[f"{axis}.type"], log[f"{axis}.autorange"] = "linear", "log", True
+        if span is not None:
+            linear[f"{axis}.range"] = list(span)
+        else:
+            linear[f"{axis}.autorange"] = True
+    fig.update_layout(updatemenus=[dict(type="buttons", direction="right", x=1.0, xanchor="right", y=1.0,
+                                         yanchor="bottom", showactive=True, pad=dict(t=0, b=4),
+                                         buttons=[dict(label="linear", method="relayout", args=[linear]),
+                                                  dict(label="log", method="relayout", args=[log])])])
+    return fig
 
 
 def figure(title: str, x_title: str, y_title: str, *, height: int = 460, legend_title: str | None = None) -> go.Figure:
@@ -92,6 +143,8 @@ def shared_axes(*figures: go.Figure) -> None:
     for fig in figures:
         fig.update_xaxes(range=[x_low, x_high + 0.02 * (x_high - x_low)])
         fig.update_yaxes(range=[y_low, y_high + 0.05 * (y_high - y_low)])
+        if fig.layout.updatemenus:
+            log_toggle(fig)  # its linear button restores the shared ranges
 
 
 def hover(rows: list[dict]) -> list[str]:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from gpuscope.plots.style import TEMPLATE, empty, figure, text
+from gpuscope.plots.style import TEMPLATE, device_namer, empty, figure, text
 from gpuscope.units import duration, number, share, size
 
 _NONE_FILL = "#fde0dd"
@@ -45,14 +45,16 @@ def fa_plan_table(fa_plans: pd.DataFrame, title: str = "FlashAttention plans") -
     return fig
 
 
-def copy_matrix(copy_pairs: pd.DataFrame, value: str = "time_per_step_ns",
+def copy_matrix(copy_pairs: pd.DataFrame, value: str = "time_per_step_ns", *, device_names: pd.DataFrame | None = None,
                 title: str = "Cross-device copies per step") -> go.Figure:
-    """Source device (rows) by destination device (columns), coloured by `value` (Analysis.copy_pairs:
-    time_per_step_ns, bytes_per_step or copies_per_step); every cell says copies, bytes and time per step and
-    the tensors copied most."""
+    """Source device (rows) by destination device (columns), coloured by `value` (Analysis.copy_pairs of one
+    configuration: time_per_step_ns, bytes_per_step or copies_per_step); every cell says copies, bytes and time per
+    step and the tensors copied most. device_names: Analysis.device_names (devices named as the configuration names
+    them, the engine's name and address on hover)."""
     fig = figure(title, "destination device", "source device", height=420)
     if not len(copy_pairs):
         return empty(fig, "no cross-device copies in the complete steps")
+    device = device_namer(device_names)
     sources = sorted(copy_pairs["src_device"].astype(str).unique())
     targets = sorted(copy_pairs["dst_device"].astype(str).unique())
     z = np.full((len(sources), len(targets)), np.nan)
@@ -63,14 +65,15 @@ def copy_matrix(copy_pairs: pd.DataFrame, value: str = "time_per_step_ns",
         z[i, j] = getattr(r, value) / (1e6 if value.endswith("_ns") else 1)
         cell_text[i][j] = f"{number(r.copies_per_step)} copies<br>{size(r.bytes_per_step)}<br>" \
                           f"{duration(r.time_per_step_ns)}"
-        notes[i][j] = (f"{text(r.src_device)} -> {text(r.dst_device)}<br>{number(r.copies_per_step)} copies, "
+        notes[i][j] = (f"{text(device(r.src_device)[1])} -> {text(device(r.dst_device)[1])}<br>"
+                       f"{number(r.copies_per_step)} copies, "
                        f"{size(r.bytes_per_step)}, {duration(r.time_per_step_ns)} per step "
                        f"({share(r.share)} of step time)<br>most copied: {text(_short_list(r.top_tensors, 5))}")
     unit = {"time_per_step_ns": "ms per step", "bytes_per_step": "bytes per step",
             "copies_per_step": "copies per step"}.get(value, value)
-    fig.add_trace(go.Heatmap(z=z, x=[text(t) for t in targets], y=[text(s) for s in sources], colorscale="Reds",
-                             colorbar=dict(title=unit), text=cell_text, texttemplate="%{text}", hovertext=notes,
-                             hoverinfo="text", xgap=2, ygap=2))
+    fig.add_trace(go.Heatmap(z=z, x=[text(device(t)[0]) for t in targets], y=[text(device(s)[0]) for s in sources],
+                             colorscale="Reds", colorbar=dict(title=unit), text=cell_text, texttemplate="%{text}",
+                             hovertext=notes, hoverinfo="text", xgap=2, ygap=2))
     fig.update_xaxes(type="category", side="bottom")
     fig.update_yaxes(type="category", autorange="reversed")
     return fig

@@ -20,6 +20,7 @@ main { padding: 8px 32px 40px 32px; max-width: 1280px; }
 section { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; padding: 12px 20px; margin: 18px 0; }
 h2 { font-size: 18px; margin: 6px 0 12px 0; }
 h3 { font-size: 15px; margin: 14px 0 6px 0; }
+h3.config { font-size: 17px; border-top: 2px solid #d0d7de; padding-top: 12px; margin-top: 24px; }
 table { border-collapse: collapse; margin: 6px 0 12px 0; font-size: 13px; }
 td, th { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }

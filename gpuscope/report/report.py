@@ -16,7 +16,7 @@ import pandas as pd
 
 from gpuscope.analysis.facade import Analysis
 from gpuscope.doctor.rules import diagnose, headline
-from gpuscope.plots import comparison_figures, standard_figures
+from gpuscope.plots import by_config, comparison_figures, step_time_figure
 from gpuscope.report.page import esc, figure_div, page, pairs, table
 from gpuscope.trace.model import Trace
 from gpuscope.units import duration
@@ -76,6 +76,8 @@ def _finding(f, anchor: str = "") -> str:
 def _verdict(a: Analysis, findings: list) -> str:
     """The doctor's one sentence, then the configurations side by side when there are several."""
     lead = f"<p class='verdict'><b>{esc(headline(a, findings))}</b></p>"
+    if len(a.config_ranking):
+        lead += "<h3>Configurations ranked by median decode time per token</h3>" + table(a.config_ranking)
     if len(a.configs) > 1 and len(a.config_table):
         lead += "<h3>Configurations side by side (decode, fastest first at each depth)</h3>" + table(a.config_table)
     return lead
@@ -159,14 +161,23 @@ def _health(a: Analysis) -> str:
     return pairs([(key, h.get(key)) for key in keys])
 
 
+def _plots(a: Analysis) -> str:
+    """Step time against context of every configuration, then each configuration's figures under its name."""
+    parts = [f"<h3>{esc(_FIGURE_TITLES['step_time_vs_context'])}</h3>{figure_div(step_time_figure(a))}"]
+    for config, figures in by_config(a):
+        if config is not None:
+            parts.append(f"<h3 class='config'>Configuration {esc(config)}</h3>")
+        parts += [f"<h3>{esc(_FIGURE_TITLES.get(key, key))}</h3>{figure_div(fig)}" for key, fig in figures.items()]
+    return "".join(parts)
+
+
 def report_html(analysis: Analysis, *, title: str | None = None, findings: list | None = None) -> str:
     """The report of one trace as an HTML string; `findings`: the doctor's, verified or not (default: diagnosed
     here)."""
     a = analysis
     findings = diagnose(a) if findings is None else findings
     name = Path(str(a.trace.path)).name if a.trace.path else "trace"
-    figures = standard_figures(a)
-    plots = "".join(f"<h3>{esc(_FIGURE_TITLES.get(key, key))}</h3>{figure_div(fig)}" for key, fig in figures.items())
+    plots = _plots(a)
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         ("verdict", "Verdict", _verdict(a, findings)),
