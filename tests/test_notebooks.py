@@ -74,7 +74,9 @@ def test_02_split_configurations(engine_build, gemma, tmp_path) -> None:
     # the RPC configurations put weights on RPC devices; the layer split copies between them
     assert "CPU" in summary["locations"] and any(loc.startswith("RPC") for loc in summary["locations"])
     assert any(pair.startswith("RPC") and "->RPC" in pair for pair in summary["copy_pairs"])
-    assert "copy_matrix" in summary["figures"] and outputs(notebook, PLOTLY) >= 3
+    # a figure per configuration: the layer split's copies have a matrix of their own, the local ones none
+    assert "copy_matrix: rpc0+rpc1 layer" in summary["figures"] and "copy_matrix: cpu" not in summary["figures"]
+    assert outputs(notebook, PLOTLY) >= 3
     assert all(ms > 0 for ms in summary["median_ms"].values())
     # the two-GPU section reads the H200 traces: the doctor finds the placement made on purpose, and nothing else
     assert summary["gpu_findings"]["x2-sm-layer-nkvo"] == ["copies.cross-device"]

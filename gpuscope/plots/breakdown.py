@@ -1,5 +1,6 @@
 """Per-step stacked time: where the decoding thread's wall time went (the hook budget), and, where the collectors
-ran, what the GPU did in the step (kernel time by family, idle) and what the sampled CPU threads did."""
+ran, what each GPU did in the step (kernel time by family, idle; a row per GPU) and what the sampled CPU threads
+did."""
 from __future__ import annotations
 
 import pandas as pd
@@ -34,7 +35,7 @@ def _busy_share(gpu_busy: pd.DataFrame | None, device: str, keep: set) -> str:
     if gpu_busy is None or not len(gpu_busy):
         return ""
     part = gpu_busy[(gpu_busy["device"].astype(str) == device) & gpu_busy["step"].isin(keep)]
-    # the median step's: a step's first run pays one-time launches that would weigh on a sum over all of them
+    # the median step's share: a context's first steps pay one-time launches that would weigh on a ratio of sums
     return f": busy {share(part['busy_fraction'].median())} of a step (median)" if len(part) else ""
 
 
@@ -69,10 +70,10 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
     titled: set[str] = set()
 
     def add_bars(row: int, frame: pd.DataFrame, category_column: str, value_column: str, group: str,
-                 naming=str, where: str = "") -> None:
+                 naming=str, where=lambda category: "") -> None:
         for category, part in frame.groupby(category_column, sort=False, observed=True):
             name = text(naming(str(category)))
-            hovers = [f"{labels.get(int(s), f'step {int(s)}')}<br>{text(where)}{name}: {duration(v)}"
+            hovers = [f"{labels.get(int(s), f'step {int(s)}')}<br>{text(where(str(category)))}{name}: {duration(v)}"
                       for s, v in zip(part["step"], part[value_column])]
             entry = f"{group}: {name}"  # its own legend group: one click hides it on every GPU's row
             fig.add_trace(go.Bar(x=part["step"], y=ms(part[value_column]), name=name, legendgroup=entry,
@@ -87,7 +88,8 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
     long = chosen.melt(id_vars="step", value_vars=categories, var_name="category", value_name="ns")
     long["category"] = pd.Categorical(long["category"], categories=categories)
     long = long.sort_values("category", kind="stable")
-    add_bars(1, long, "category", "ns", "decoding thread", naming=lambda c: _category_name(c, device))
+    add_bars(1, long, "category", "ns", "decoding thread", naming=lambda c: _category_name(c, device),
+             where=lambda c: f"{device(c[6:])[1]}<br>" if c.startswith("split:") else "")
     for row, gpu in enumerate(gpus, start=2):
         per_family = families[families["device"].astype(str) == gpu].groupby(
             ["step", "family"], as_index=False, sort=False)["time_ns"].sum()
@@ -95,12 +97,12 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
             idle = gpu_busy[(gpu_busy["device"].astype(str) == gpu) & gpu_busy["step"].isin(keep)]
             per_family = pd.concat([per_family, idle.assign(family="idle").rename(columns={"idle_ns": "time_ns"})[
                 ["step", "family", "time_ns"]]], ignore_index=True)
-        add_bars(row, per_family, "family", "time_ns", "GPU kernels", where=f"{device(gpu)[1]}, ")
+        add_bars(row, per_family, "family", "time_ns", "GPU kernels", where=lambda c, gpu=gpu: f"{device(gpu)[1]}, ")
     if cpu:
         add_bars(len(titles), cpu_time[cpu_time["step"].isin(keep)], "category", "time_ns", "CPU threads")
     fig.update_layout(template=TEMPLATE, title=title, barmode="stack", bargap=0.05,
                       height=320 + 220 * len(titles), hovermode="closest", margin=dict(l=70, r=30, t=70, b=50),
-                      legend=dict(groupclick="toggleitem"))
+                      legend=dict(groupclick="togglegroup"))
     for r in range(1, len(titles) + 1):
         fig.update_yaxes(title_text="ms", row=r, col=1)
     fig.update_xaxes(title_text="step", row=len(titles), col=1)

@@ -131,7 +131,9 @@ def _environment(a: Analysis) -> str:
     parts.append("<h3>Devices</h3>")
     devices = a.devices
     if len(devices):
-        parts.append(table(devices))
+        configured = a.device_names.set_index("name")["shown"]  # RPC2 is the configuration's rpc:0
+        parts.append(table(devices.assign(as_configured=devices["device"].map(configured)) if len(configured)
+                           else devices))
     else:
         parts.append("<p class='muted'>the trace has no device_info events</p>")
     bandwidth = a.bandwidth

@@ -4,6 +4,7 @@ to install; the HTML report never needs one."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 from gpuscope.errors import StaticExportUnavailableError
 
 BROWSER_ENV = "GPUSCOPE_BROWSER"
+_FILE_UNSAFE = re.compile(r"[^\w.-]+")
 _BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 _INSTALL = ("install Chromium (Debian/Ubuntu: apt-get install chromium) or point ${env} at a Chrome/Chromium "
             "executable; kaleido can also fetch one with `plotly_get_chrome` where the internet is reachable. "
@@ -51,7 +53,8 @@ def export_png(figures: dict, folder: str | os.PathLike, *, scale: float = 2.0) 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in figures.items():
-        path = folder / f"{name}.png"
+        # a figure of one configuration is named after it: 'memory_over_time: 2 rpc, ts 3/1'
+        path = folder / (_FILE_UNSAFE.sub("-", name).strip("-") + ".png")
         fig.write_image(path, scale=scale, width=1100, height=fig.layout.height or 500)
         written.append(path)
     return written
