@@ -374,7 +374,7 @@ def test_breakdown_memory_and_copies_are_drawn_per_configuration(tmp_path) -> No
     assert [f"Configuration {c}" in visible_text(page) for c in a.configs] == [True] * 3
 
 
-def test_rpc_devices_are_called_what_the_configuration_called_them() -> None:
+def test_rpc_devices_are_called_what_the_configuration_called_them(tmp_path) -> None:
     a = Analysis(dataset("cpu-sweep-split-configs"))
     figures = standard_figures(a)
     config = "2 rpc, layer split"
@@ -386,6 +386,14 @@ def test_rpc_devices_are_called_what_the_configuration_called_them() -> None:
     strings = [s for name, fig in figures.items() if name.endswith(config) for s in strings_of(fig)]
     assert not any("RPC0[" in s for s in legend) and not any(s.startswith("RPC") for s in strings)
     assert any("rpc:1 (engine device RPC1 at 127.0.0.1:44421)" in s for s in strings)  # the address on hover
+    # the report's tables say it as the plots do
+    shown = visible_text(write_report(a, tmp_path / "r.html").read_text())
+    assert "RPC0[" not in shown and "split:rpc:1" in shown
+    # llama-bench's own --rpc list names no configuration: its devices keep the registry's names, backends too
+    bench = standard_figures(Analysis(dataset("cpu-markup-tensor-names")))
+    legend = [t.name for t in bench["step_breakdown"].data]
+    assert {"backend RPC0: compute / launches", "backend RPC1: compute / launches"} <= set(legend)
+    assert not any("[" in name for name in legend)
 
 
 def test_a_later_configuration_rpc_device_is_its_rpc0_not_the_engine_count(engine_build, tiny_model) -> None:

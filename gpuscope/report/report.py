@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gpuscope.analysis.devices import as_configured
 from gpuscope.analysis.facade import Analysis
 from gpuscope.doctor.rules import diagnose, headline
 from gpuscope.plots import by_config, comparison_figures, step_time_figure
@@ -153,7 +154,7 @@ def _tables(a: Analysis) -> str:
              ("Cross-device copies per step, by device pair", a.copy_pairs),
              ("Allocator re-plans", a.allocator_churn),
              ("Memory peaks per location", a.memory_peaks.drop(columns=["at_ns"], errors="ignore"))]
-    return "".join(f"<h3>{esc(title)}</h3>{table(frame)}" for title, frame in parts)
+    return "".join(f"<h3>{esc(title)}</h3>{table(as_configured(frame, a.device_names))}" for title, frame in parts)
 
 
 def _health(a: Analysis) -> str:
