@@ -20,6 +20,7 @@ from gpuscope.compare.compare import compare
 from gpuscope.errors import StaticExportUnavailableError
 from gpuscope.plots import (before_after, comparison_figures, copy_matrix, event_markers, fa_plan_table,
                             memory_over_time, standard_figures, step_time_vs_context)
+from gpuscope.plots.style import CATEGORY_COLORS
 from gpuscope.report import export_pdf, export_png, find_browser, write_compare_report, write_report
 from gpuscope.units import value
 
@@ -340,6 +341,7 @@ def test_legend_entries_have_colours_of_their_own_across_groups() -> None:
     assert all(len(c) == 1 for c in colors.values())  # matmul is one colour on both GPUs' rows
     flat = [next(iter(c)) for c in colors.values()]
     assert len(flat) == len(set(flat)), colors
+    assert colors["GPU kernels: idle"] == {CATEGORY_COLORS["gpu_idle"]}  # idle in grey, not a kernel family's hue
     entries = {t.legendgroup for t in breakdown.data}
     assert {"GPU kernels: matmul", "GPU kernels: flash_attn", "decoding thread: backend Meta(CUDA0,CUDA1): compute / "
             "launches", "decoding thread: host: outputs"} <= entries

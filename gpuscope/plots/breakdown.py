@@ -70,7 +70,7 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
     titled: set[str] = set()
 
     def add_bars(row: int, frame: pd.DataFrame, category_column: str, value_column: str, group: str,
-                 naming=str, where=lambda category: "") -> None:
+                 naming=str, where=lambda category: "", color_prefix: str = "") -> None:
         for category, part in frame.groupby(category_column, sort=False, observed=True):
             name = text(naming(str(category)))
             hovers = [f"{labels.get(int(s), f'step {int(s)}')}<br>{text(where(str(category)))}{name}: {duration(v)}"
@@ -79,7 +79,8 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
             fig.add_trace(go.Bar(x=part["step"], y=ms(part[value_column]), name=name, legendgroup=entry,
                                  showlegend=entry not in legend_entries,
                                  legendgrouptitle_text=group if group not in titled else None,
-                                 marker_color=colors(entry, str(category)), hovertext=hovers, hoverinfo="text"),
+                                 marker_color=colors(entry, f"{color_prefix}{category}"), hovertext=hovers,
+                                 hoverinfo="text"),
                           row=row, col=1)
             legend_entries.add(entry)
             titled.add(group)
@@ -97,7 +98,8 @@ def step_breakdown(budget: pd.DataFrame, steps: pd.DataFrame | None = None, *,
             idle = gpu_busy[(gpu_busy["device"].astype(str) == gpu) & gpu_busy["step"].isin(keep)]
             per_family = pd.concat([per_family, idle.assign(family="idle").rename(columns={"idle_ns": "time_ns"})[
                 ["step", "family", "time_ns"]]], ignore_index=True)
-        add_bars(row, per_family, "family", "time_ns", "GPU kernels", where=lambda c, gpu=gpu: f"{device(gpu)[1]}, ")
+        add_bars(row, per_family, "family", "time_ns", "GPU kernels", where=lambda c, gpu=gpu: f"{device(gpu)[1]}, ",
+                 color_prefix="gpu_")  # a GPU's idle time in grey, as the thread's
     if cpu:
         add_bars(len(titles), cpu_time[cpu_time["step"].isin(keep)], "category", "time_ns", "CPU threads")
     fig.update_layout(template=TEMPLATE, title=title, barmode="stack", bargap=0.05,

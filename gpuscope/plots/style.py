@@ -21,7 +21,7 @@ _MANY_COLORS = list(dict.fromkeys(PALETTE + qualitative.Dark24 + qualitative.Lig
 CATEGORY_COLORS = {
     "weights": "#636EFA", "kv": "#EF553B", "compute": "#00CC96", "output": "#AB63FA", "unknown": "#BAB0AC",
     "copy": "#FFA15A", "reserve": "#FF6692", "host_prepare": "#B6E880", "host_scheduling": "#19D3F3",
-    "host_after_compute": "#FECB52", "idle": "#E5E5E5", "unexplained_ns": "#BAB0AC",
+    "host_after_compute": "#FECB52", "idle": "#E5E5E5", "unexplained_ns": "#BAB0AC", "gpu_idle": "#D0D0D0",
 }
 
 
