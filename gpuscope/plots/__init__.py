@@ -2,6 +2,8 @@
 
   step_time_vs_context   steps per configuration against context, fits, bandwidth floor, event markers
   step_breakdown         per-step stacked time: hook budget, GPU kernels by family, sampled CPU work
+  timeline               every lane of a trace on one clock: steps, splits, syncs, copies, allocator, FA plans,
+                         kernels per GPU, memory held, with bands per configuration and depth
   memory_over_time       bytes held per device by owner
   allocator_timeline     reallocations, re-reserves, buffer (re)allocations over time
   fa_plan_table          the FlashAttention plans, NONE plans shaded
@@ -21,9 +23,11 @@ from gpuscope.plots.context import event_markers, step_time_vs_context
 from gpuscope.plots.flame import cpu_flame
 from gpuscope.plots.memory import memory_over_time
 from gpuscope.plots.tables import copy_matrix, fa_plan_table
+from gpuscope.plots.timeline import timeline
 
 __all__ = ["allocator_timeline", "before_after", "comparison_figures", "copy_matrix", "cpu_flame", "event_markers",
-           "fa_plan_table", "memory_over_time", "standard_figures", "step_breakdown", "step_time_vs_context"]
+           "fa_plan_table", "memory_over_time", "standard_figures", "step_breakdown", "step_time_vs_context",
+           "timeline"]
 
 
 def _batch_size(steps) -> int | None:
@@ -35,23 +39,27 @@ def _batch_size(steps) -> int | None:
 
 
 def standard_figures(analysis) -> dict:
-    """The figures of one trace, by name: always step time against context, the step breakdown and memory; the
-    allocator timeline, FA plans, copy matrix and CPU stacks when the trace holds such events."""
+    """The figures of one trace, by name: always the timeline, step time against context, the step breakdown and
+    memory; the allocator timeline, FA plans, copy matrix and CPU stacks when the trace holds such events. Every
+    time axis counts from the trace's first event (analysis.t0_ns)."""
     steps = analysis.complete_steps
     n_tokens = _batch_size(steps)
     chosen = steps[steps["n_tokens"] == n_tokens] if n_tokens is not None else steps
     figures = {
+        "timeline": timeline(analysis.steps, analysis.bands, analysis.trace.tables, analysis.buffers,
+                             t0_ns=analysis.t0_ns),
         "step_time_vs_context": step_time_vs_context(
             steps, analysis.fits, analysis.floor, event_markers(analysis.step_events, analysis.syncs, steps),
             n_tokens=n_tokens),
     }
     figures["step_breakdown"] = step_breakdown(analysis.budget, chosen, gpu_families=analysis.gpu_families,
                                                gpu_busy=analysis.gpu_busy, cpu_time=analysis.cpu_time)
-    figures["memory_over_time"] = memory_over_time(analysis.buffers)
+    figures["memory_over_time"] = memory_over_time(analysis.buffers, t0_ns=analysis.t0_ns)
     if any(len(analysis.table(kind)) for kind in ("gallocr_realloc", "sched_reserve", "gallocr_buffer")):
         figures["allocator_timeline"] = allocator_timeline(
             analysis.table("gallocr_realloc"), analysis.table("sched_reserve"), analysis.table("gallocr_buffer"),
-            realloc_steps=analysis.in_step("gallocr_realloc"), reserve_steps=analysis.in_step("sched_reserve"))
+            realloc_steps=analysis.in_step("gallocr_realloc"), reserve_steps=analysis.in_step("sched_reserve"),
+            t0_ns=analysis.t0_ns)
     if len(analysis.fa_plans):
         figures["fa_plans"] = fa_plan_table(analysis.fa_plans)
     if len(analysis.copy_pairs):
