@@ -74,6 +74,47 @@ def test_report_in_headless_chromium_offline(browser, tmp_path, artifacts) -> No
     assert (artifacts / "report-markup.png").stat().st_size > 100_000
 
 
+def test_timeline_in_headless_chromium_zooms_to_a_finding(browser, tmp_path, artifacts) -> None:
+    """A three-configuration sweep, a two-GPU trace with its kernels and one with a finding: the timeline drawn
+    offline with no console error, and a click on a finding card zooms it to the finding's span."""
+    from gpuscope.analysis import Analysis
+    from gpuscope.doctor.rules import diagnose
+
+    zoomed = []
+    for name, trace in (("sweep", DATASETS / "cpu" / "cpu-sweep-split-configs.trace"),
+                        ("two-gpus-kernels", DATASETS / "h200x2-splits" / "x2-kernels-tensor.trace"),
+                        ("two-gpus-kv-on-host", DATASETS / "h200x2-splits" / "x2-sm-layer-nkvo.trace")):
+        analysis = Analysis(trace)
+        report = write_report(analysis, tmp_path / f"{name}.html")
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        fetched, errors = [], []
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                   else (fetched.append(route.request.url), route.abort()))
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(report.as_uri())
+        page.wait_for_function("document.querySelector('#gpuscope-timeline .main-svg') !== null")
+        lanes = page.evaluate("() => document.getElementById('gpuscope-timeline')._fullLayout.yaxis._categories")
+        assert set(lanes) >= {"configuration", "depth", "steps", "splits", "syncs", "copies"}
+        if "kernels" in name:
+            assert {"CUDA0 kernels", "CUDA1 kernels"} <= set(lanes)
+        page.locator("#timeline").screenshot(path=str(artifacts / f"timeline-{name}-whole.png"))
+        finding = next((f for f in diagnose(analysis) if f.time_range_ns), None)
+        if finding is not None:
+            start, end = ((t - analysis.t0_ns) / 1e9 for t in finding.time_range_ns)
+            page.locator(".finding[data-from] p").first.click()
+            shown = page.evaluate("() => document.getElementById('gpuscope-timeline')._fullLayout.xaxis.range")
+            assert shown[0] <= start < end <= shown[1] and shown[1] - shown[0] <= 1.3 * (end - start) + 0.002
+            assert page.evaluate("() => document.getElementById('gpuscope-timeline').layout.shapes"
+                                 ".some(s => s.name === 'finding')")
+            zoomed.append(name)
+        assert fetched == [] and errors == []
+        page.locator("#timeline").screenshot(path=str(artifacts / f"timeline-{name}.png"))
+        assert (artifacts / f"timeline-{name}.png").stat().st_size > 20_000
+        page.close()
+    assert zoomed == ["sweep", "two-gpus-kv-on-host"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

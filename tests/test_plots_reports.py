@@ -1,11 +1,14 @@
-"""Plots and reports on real recorded traces (datasets/): every figure draws what the analysis says, every name
-from the engine stays text, and the HTML report is one self-contained file. No engine build needed (about 20 s)."""
+"""Plots and reports on real recorded traces (datasets/): every figure draws what the analysis says, every time axis
+counts from the trace's first event, every name from the engine stays text, and the HTML report is one
+self-contained file with the Perfetto export inside or beside it. No engine build needed (about 60 s)."""
 from __future__ import annotations
 
+import base64
 import html
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +21,12 @@ from gpuscope.doctor.rules import diagnose
 from gpuscope.analysis import Analysis
 from gpuscope.compare.compare import compare
 from gpuscope.errors import StaticExportUnavailableError
+from gpuscope.export import perfetto_link
+from gpuscope.export.perfetto import EMBED_LIMIT, perfetto_bytes, read_packets
 from gpuscope.plots import (before_after, comparison_figures, copy_matrix, event_markers, fa_plan_table,
-                            memory_over_time, standard_figures, step_time_vs_context)
+                            memory_over_time, standard_figures, step_time_vs_context, timeline)
 from gpuscope.plots.style import CATEGORY_COLORS
+from gpuscope.plots.timeline import MAX_SPANS
 from gpuscope.report import export_pdf, export_png, find_browser, write_compare_report, write_report
 from gpuscope.units import value
 
@@ -85,7 +91,7 @@ def test_bandwidth_floor_is_drawn_when_the_bandwidth_is_known() -> None:
 
 def test_memory_plot_holds_what_the_buffers_held_per_device() -> None:
     a = Analysis(dataset("cpu-kv-on-host-copies"))
-    fig = memory_over_time(a.buffers)
+    fig = memory_over_time(a.buffers, t0_ns=a.t0_ns)
     panels = {annotation.text for annotation in fig.layout.annotations}
     assert panels == set(a.buffers["location"])
     # the KV cache was kept on the host (-nkvo): its peak on the CPU panel is the KV buffers' size
@@ -417,3 +423,162 @@ def test_a_later_configuration_rpc_device_is_its_rpc0_not_the_engine_count(engin
     assert not any("RPC" in name for name in legend + panels)
     hovers = [s for s in strings_of(figures[f"memory_over_time: {a.configs[1]}"]) if "engine device" in s]
     assert hovers and all("engine device RPC2 at 127.0.0.1:" in s for s in hovers)
+
+
+# -- the timeline: every lane on one clock ---------------------------------------------------------------------------
+
+SWEEP = DATASETS / "cpu" / "cpu-sweep-split-configs.trace"  # three configurations, one after another, 3 depths each
+TWO_GPUS = DATASETS / "h200x2-splits" / "x2-kernels-tensor.trace"  # 57,410 kernels on CUDA0 and CUDA1
+
+
+def lane_traces(fig, lane: str) -> list:
+    return [t for t in fig.data if t.legendgroup == lane]
+
+
+def test_timeline_draws_each_lane_on_the_trace_clock_with_bands_per_configuration_and_depth() -> None:
+    a = Analysis(SWEEP)
+    fig = standard_figures(a)["timeline"]
+    assert fig.layout.meta["lanes"] == ["configuration", "depth", "steps", "splits", "syncs", "copies", "allocator"]
+    assert fig.layout.meta["t0_ns"] == a.t0_ns == min(int(f["ts_ns"].min()) for f in a.trace.tables.values()
+                                                      if "ts_ns" in f.columns and len(f))
+    # every step a bar from its begin to its end, in seconds since the trace's first event
+    steps = a.steps.set_index("step")
+    drawn = sorted((base, base + width) for t in lane_traces(fig, "steps") for base, width in zip(t.base, t.x))
+    expected = sorted(zip((steps["t_begin_ns"] - a.t0_ns) / 1e9, (steps["t_end_ns"] - a.t0_ns) / 1e9))
+    assert np.allclose(drawn, expected)
+    # one band per configuration, in the order they ran, over exactly its steps, and a background band behind every
+    # lane; one per depth within each (0, 256, 512 cells)
+    bands = lane_traces(fig, "configuration")
+    assert [t.text[0] for t in bands] == a.configs == ["local", "2 rpc, layer split", "local, FA off"]
+    for band in bands:
+        mine = a.steps[a.steps["config"] == band.name]
+        assert band.base[0] == pytest.approx((mine["t_begin_ns"].min() - a.t0_ns) / 1e9)
+        assert band.base[0] + band.x[0] == pytest.approx((mine["t_end_ns"].max() - a.t0_ns) / 1e9)
+        assert any(s.x0 == pytest.approx(band.base[0]) and s.yref.startswith("y") for s in fig.layout.shapes)
+    depths = lane_traces(fig, "depth")
+    assert [label for t in depths for label in t.text] == ["depth 0", "depth 256", "depth 512"] * 3
+    # the configuration's colour is the one every other figure gives it
+    points = {t.name: t.marker.color for t in standard_figures(a)["step_time_vs_context"].data if t.mode == "markers"}
+    assert all(t.marker.color == points[t.name] for t in lane_traces(fig, "steps"))
+    # each event lane holds every event of its table, at its time
+    syncs = a.table("sync")
+    assert sum(len(t.x) for t in lane_traces(fig, "syncs")) == len(syncs)
+    sync_starts = sorted(b for t in lane_traces(fig, "syncs") for b in t.base)
+    assert np.allclose(sync_starts, sorted((syncs["ts_ns"] - syncs["duration_ns"] - a.t0_ns) / 1e9))
+    assert sum(len(t.x) for t in lane_traces(fig, "copies")) == len(a.table("copy"))
+    memory = {t.name: t for t in lane_traces(fig, "memory")}
+    assert set(memory) == set(a.buffers["location"]) and all(t.xaxis == "x2" for t in memory.values())
+    assert fig.layout.xaxis2.title.text == "time since the trace began (s)" and fig.layout.xaxis.matches == "x2"
+
+
+def test_every_time_axis_of_the_report_counts_from_the_trace_origin() -> None:
+    a = Analysis(dataset("cpu-allocator-churn"))
+    figures = standard_figures(a)
+    time_axes = [(name, fig.layout[axis]) for name, fig in figures.items() for axis in fig.layout
+                 if axis.startswith("xaxis") and fig.layout[axis].title.text
+                 and "time" in fig.layout[axis].title.text]
+    assert {name for name, _ in time_axes} == {"timeline", "memory_over_time", "allocator_timeline"}
+    assert {axis.title.text for _, axis in time_axes} == {"time since the trace began (s)"}
+    # one event, one x: the re-reserves and the buffer allocations in the allocator plot and on the timeline
+    reserves = (a.table("sched_reserve")["ts_ns"] - a.t0_ns) / 1e9
+    allocator = [t for t in figures["allocator_timeline"].data if t.name.startswith("re-reserve")]
+    on_timeline = [t for t in lane_traces(figures["timeline"], "allocator") if t.name.startswith("re-reserve")]
+    assert np.allclose(sorted(x for t in allocator for x in t.x), sorted(reserves))
+    assert np.allclose(sorted(x for t in on_timeline for x in t.x), sorted(reserves))
+    # the first allocation: where the memory plot and the timeline's memory row both start
+    first = (a.buffers["alloc_ns"].min() - a.t0_ns) / 1e9
+    assert min(min(t.x) for t in figures["memory_over_time"].data) == pytest.approx(first)
+    assert min(min(t.x) for t in lane_traces(figures["timeline"], "memory")) == pytest.approx(first)
+
+
+def test_timeline_has_a_lane_per_gpu_and_bounds_what_it_draws() -> None:
+    a = Analysis(TWO_GPUS)
+    fig = standard_figures(a)["timeline"]
+    kernels = a.trace.tables["kernels"]
+    lanes = fig.layout.meta["lanes"]
+    assert lanes[-2:] == ["CUDA0 kernels", "CUDA1 kernels"] and {"FA plans", "splits", "copies"} <= set(lanes)
+    for device in ("CUDA0", "CUDA1"):
+        drawn = lane_traces(fig, f"{device} kernels")
+        assert sum(len(t.x) for t in drawn) <= MAX_SPANS
+        # nothing lost: the kernels drawn alone and those each merged span says it holds add up to the device's
+        merged = [t for t in drawn if t.name.endswith(", merged")]
+        held = sum(int(h.split(" ", 1)[0]) for t in merged for h in t.hovertext)
+        alone = sum(len(t.x) for t in drawn if t not in merged)
+        # each merged span drawn as its main family, merged (matmul, merged), in that family's colour
+        assert {t.name for t in merged} <= {f"{family}, merged" for family in kernels["family"]}
+        colour = {t.name: t.marker.color for t in drawn}
+        assert all(colour[t.name] == colour.get(t.name.removesuffix(", merged"), t.marker.color) for t in merged)
+        assert held + alone == int((kernels["device"] == device).sum()) == 28705
+        assert fig.layout.meta["merged"][f"{device} kernels"] == [28705, MAX_SPANS]
+        # the earliest kernel of the device starts where the profiler put it, on the trace's clock
+        first = (kernels.loc[kernels["device"] == device, "ts_ns"].min() - a.t0_ns) / 1e9
+        assert min(b for t in drawn for b in t.base) == pytest.approx(first)
+    assert "merged where items crowd (more than 1500 in a lane): syncs, copies, CUDA0 kernels, CUDA1 kernels" \
+        in fig.layout.title.text  # the view says so
+    assert len(fig.to_json()) < 2 << 20
+    # under the bound, each kernel is drawn on its own
+    layer = Analysis(DATASETS / "h200x2-splits" / "x2-kernels-layer.trace")
+    kernels = layer.trace.tables["kernels"]
+    whole = timeline(layer.steps, layer.bands, layer.trace.tables, layer.buffers, t0_ns=layer.t0_ns,
+                     max_spans=len(kernels))
+    assert whole.layout.meta["merged"] == {} and "merged" not in whole.layout.title.text
+    for device, count in kernels["device"].value_counts().items():
+        assert sum(len(t.x) for t in lane_traces(whole, f"{device} kernels")) == count
+
+
+def test_findings_carry_the_span_they_refer_to() -> None:
+    churn = Analysis(dataset("cpu-allocator-churn"))
+    by_id = {f.id: f for f in diagnose(churn)}
+    # the reallocations behind allocator.churn (those inside steps): from the first to the last
+    reallocs = churn.table("gallocr_realloc")[churn.in_step("gallocr_realloc").notna().to_numpy()]
+    assert by_id["allocator.churn"].time_range_ns == (reallocs["ts_ns"].min(), reallocs["ts_ns"].max())
+    # the steps that rebuilt their graph: from the first one's begin to the last one's end
+    rebuilt = churn.steps.set_index("step").loc[by_id["graph.rebuilt"].rows["step"]]
+    assert by_id["graph.rebuilt"].time_range_ns == (rebuilt["t_begin_ns"].min(), rebuilt["t_end_ns"].max())
+    assert by_id["graph.rebuilt"].to_dict()["time_range_ns"] == list(by_id["graph.rebuilt"].time_range_ns)
+    # a finding about one configuration's placement: that configuration's run
+    sweep = Analysis(SWEEP)
+    imbalance = next(f for f in diagnose(sweep) if f.id == "memory.split-imbalance")
+    band = sweep.bands[(sweep.bands["level"] == "configuration") & (sweep.bands["config"] == imbalance.config)]
+    assert imbalance.time_range_ns == (band["start_ns"].iloc[0], band["end_ns"].iloc[0])
+    # the recording as a whole (events lost somewhere in it) has no span
+    lost = Analysis(dataset("cpu-lost-events"))
+    assert next(f for f in diagnose(lost) if f.id == "trace.lost-events").time_range_ns is None
+
+
+def test_report_links_finding_cards_to_the_timeline_and_offers_the_perfetto_export(tmp_path) -> None:
+    a = Analysis(dataset("cpu-allocator-churn"))
+    page = write_report(a, tmp_path / "r.html").read_text()
+    assert page.index(">Findings</h2>") < page.index(">Timeline</h2>") < page.index(">Plots</h2>")
+    assert "id=\"gpuscope-timeline\"" in page and "getElementById('gpuscope-timeline')" in page
+    for finding in diagnose(a):
+        start, end = ((t - a.t0_ns) / 1e9 for t in finding.time_range_ns)
+        assert f"data-from='{start!r}' data-to='{end!r}'" in page
+    # the export inside the page: the same bytes the exporter writes, a trace Perfetto reads
+    link = re.search(r"download='cpu-allocator-churn.pftrace' href='data:application/octet-stream;base64,([^']+)'",
+                     page)
+    data = base64.b64decode(link.group(1))
+    assert data == perfetto_bytes(a.trace)[0]
+    (tmp_path / "t.pftrace").write_bytes(data)
+    assert len(read_packets(tmp_path / "t.pftrace")) > 100 and "ui.perfetto.dev" in visible_text(page)
+    assert not (tmp_path / "r.pftrace").exists()
+
+
+def test_a_large_trace_report_stays_small_with_its_perfetto_export_beside_it(tmp_path) -> None:
+    out = write_report(TWO_GPUS, tmp_path / "two-gpus.html")
+    page = out.read_text()
+    beside = tmp_path / "two-gpus.pftrace"
+    assert beside.stat().st_size > EMBED_LIMIT and out.stat().st_size < 8 << 20
+    assert "href='two-gpus.pftrace'" in page and "merged where their items crowd" in page
+    kernels = [p for p in read_packets(beside) if p.HasField("track_event") and p.track_event.name == "Memset"]
+    assert kernels  # every kernel is in the export, merged ones too
+
+
+def test_perfetto_link_for_notebooks(tmp_path) -> None:
+    shutil.copytree(dataset("cpu-sweep-gemma3"), tmp_path / "run.trace")
+    link = perfetto_link(Analysis(tmp_path / "run.trace"))
+    assert link.path == tmp_path / "run.pftrace" and link.counts["slices"] > 0
+    shown = link._repr_html_()
+    encoded = re.search(r"href='data:application/octet-stream;base64,([^']+)'", shown).group(1)
+    assert base64.b64decode(encoded) == link.path.read_bytes()
+    assert "ui.perfetto.dev" in shown and "ui.perfetto.dev" in repr(link)

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, speculation, syncs, verdict
+from gpuscope.analysis import allocator, budget, context, copies, fa_routes, memory, speculation, syncs, timeline, \
+    verdict
 from gpuscope.analysis.bandwidth import device_table, resolve_bandwidth
 from gpuscope.analysis.cpu_stacks import folded, time_per_step
 from gpuscope.analysis.devices import device_names
@@ -320,6 +321,22 @@ class Analysis:
     def speculation(self) -> speculation.Speculation:
         """Acceptance, time in draft and verify, and tokens/s against the target alone, per configuration."""
         return speculation.speculation(self.trace.tables.get("steps"), self.trace.tables.get("spec_rounds"))
+
+    # -- time --------------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def t0_ns(self) -> int:
+        """The trace's time origin (its first event): zero on every time axis that shows it."""
+        return timeline.time_origin(self.trace.tables, self.steps)
+
+    @functools.cached_property
+    def bands(self) -> pd.DataFrame:
+        """The spans of each configuration's run and of each depth in it (gpuscope.analysis.timeline.bands)."""
+        return timeline.bands(self.steps)
+
+    def span_of(self, rows: pd.DataFrame | None = None, config: str | None = None) -> tuple[int, int] | None:
+        """The span of the trace some rows (steps or events) or a configuration refer to (timeline.span_of)."""
+        return timeline.span_of(self.steps, rows, config)
 
     # -- health ------------------------------------------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ class Finding:
     remedy: dict | None = None    # the first action as a change of configuration settings (SplitConfig's keys),
                                   # where it is one: what `gpuscope doctor --verify` runs
     verified: dict | None = None  # the first remedy's measured saving (gpuscope.runs.verify), or why it is not
+    time_range_ns: tuple[int, int] | None = None  # the span of the trace it refers to (trace clock, ns): its rows'
+                                  # steps or events, else its configuration's steps; None for the recording as a whole
 
     def __post_init__(self):
         if self.severity not in SEVERITIES:
@@ -51,6 +53,7 @@ class Finding:
             "saving_ms_per_step": json_ready(self.saving_ns / 1e6 if self.saving_ns is not None else None),
             "evidence": json_ready(self.evidence),
             "remedy": json_ready(self.remedy), "verified": json_ready(self.verified),
+            "time_range_ns": json_ready(self.time_range_ns),
             "cause": self.cause, "try": list(self.actions),
             "rows": {"kind": self.rows_kind, "total": int(len(self.rows)),
                      "shown": json_ready(rows.to_dict(orient="records"))},

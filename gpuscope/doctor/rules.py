@@ -644,8 +644,10 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 def diagnose(analysis) -> list[Finding]:
     """Every rule's findings, each rule run on each configuration's part of the trace (and the findings named
     after it), the trace rules (the recording, the configurations compared) once, most severe first, then by the
-    saving of the first remedy."""
+    saving of the first remedy. Each finding gets the span of the trace it refers to, where a rule did not say."""
     findings = [f for registered in RULES if registered.scope == "trace" for f in registered(analysis)]
+    for finding in findings:
+        finding.time_range_ns = finding.time_range_ns or analysis.span_of(finding.rows, finding.config)
     for config in analysis.configs or [None]:
         part = analysis.of_config(config) if config is not None else analysis
         decode = decode_steps(part.steps)
@@ -656,6 +658,7 @@ def diagnose(analysis) -> list[Finding]:
                 continue
             for finding in registered(part):
                 finding.config = finding.config or config
+                finding.time_range_ns = finding.time_range_ns or part.span_of(finding.rows, finding.config)
                 if finding.share is not None and finding.saving_ns is None and len(wall):
                     # a share of the steps' total time, as a time per decode step where the trace has them
                     finding.saving_ns = finding.share * float(wall.mean())

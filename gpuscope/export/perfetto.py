@@ -19,6 +19,9 @@ written file with the package's TraceProcessor on a local trace_processor_shell 
 """
 from __future__ import annotations
 
+import base64
+import html
+import io
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -28,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.errors import CollectorUnavailableError
-from gpuscope.trace.model import Trace
+from gpuscope.trace.model import Trace, load_trace
+from gpuscope.units import size
 
 # columns that place an event rather than describe it
 _PLACEMENT = {"seq", "ts_ns", "tid", "device", "process", "pid", "config", "in_step", "run"}
@@ -285,6 +289,15 @@ def _annotate(event, args: dict) -> None:
 
 def export_perfetto(trace: Trace, out: str | os.PathLike) -> dict:
     """Write `trace` as a Perfetto protobuf trace; returns counts of what was written (tracks, slices, ...)."""
+    data, counts = perfetto_bytes(trace)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return {**counts, "path": str(out)}
+
+
+def perfetto_bytes(trace: Trace) -> tuple[bytes, dict]:
+    """`trace` as the bytes of a Perfetto protobuf trace, and counts of what they hold (tracks, slices, ...)."""
     pb = _protos()
     tracks = _Builder(trace).build()
     _nest(tracks.slices)
@@ -299,9 +312,7 @@ def export_perfetto(trace: Trace, out: str | os.PathLike) -> dict:
     records.sort(key=lambda r: (r[0], r[1], r[2]))
 
     uuids = {key: uuid for key, (uuid, _, _, _) in tracks.descriptors.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as stream:
+    with io.BytesIO() as stream:
         def write(packet) -> None:
             body = packet.SerializeToString()
             # a Trace message is repeated field 1 (TracePacket): tag, length, bytes
@@ -359,9 +370,11 @@ def export_perfetto(trace: Trace, out: str | os.PathLike) -> dict:
                 event.track_uuid = uuids[track]
                 event.counter_value = int(value)
             write(packet)
-    return {"tracks": len(tracks.descriptors), "slices": len(tracks.slices), "instants": len(tracks.instants),
-            "counter_values": len(tracks.counters), "flows": sum(1 for s in tracks.slices if s.flow_out is not None),
-            "clipped": sum(1 for s in tracks.slices if s.args.get("clipped")), "path": str(out)}
+        data = stream.getvalue()
+    return data, {"tracks": len(tracks.descriptors), "slices": len(tracks.slices), "instants": len(tracks.instants),
+                  "counter_values": len(tracks.counters),
+                  "flows": sum(1 for s in tracks.slices if s.flow_out is not None),
+                  "clipped": sum(1 for s in tracks.slices if s.args.get("clipped"))}
 
 
 def _varint(value: int) -> bytes:
@@ -413,3 +426,54 @@ left join thread_track on thread_track.id = track.id
 left join thread using (utid)
 group by track.id order by track
 """
+
+
+# -- opening it in ui.perfetto.dev ---------------------------------------------------------------------------------
+
+# an export up to this size rides inside a page as a data: link (a third larger as base64); a larger one is written
+# as a file beside it (the two-GPU tensor split with its 57,410 kernels exports 33 MiB)
+EMBED_LIMIT = 8 << 20
+SUFFIX = ".pftrace"
+HOW_TO_OPEN = ("open https://ui.perfetto.dev in a browser, choose \"Open trace file\" and pick the file "
+               "(the UI reads it in the browser; nothing is uploaded)")
+
+
+def download_html(file_name: str, *, data: bytes | None = None, href: str | None = None,
+                  size_text: str = "") -> str:
+    """An "open in Perfetto" block: a link that downloads the export (its bytes inside the link, or the file at
+    href, relative to the page) and how to open it. Every name is escaped."""
+    target = f"data:application/octet-stream;base64,{base64.b64encode(data).decode()}" if data is not None else href
+    what = html.escape(file_name) + (f" ({html.escape(size_text)})" if size_text else "")
+    return (f"<p><b>Open in Perfetto:</b> <a class='perfetto-download' download='{html.escape(file_name)}' "
+            f"href='{html.escape(target or '')}'>download {what}</a>, then {html.escape(HOW_TO_OPEN)}.</p>")
+
+
+@dataclass
+class PerfettoFile:
+    """A Perfetto export written to open in ui.perfetto.dev; in a notebook it shows a download link and how to
+    open it."""
+    path: Path
+    counts: dict
+
+    def _repr_html_(self) -> str:
+        data = self.path.read_bytes() if self.path.stat().st_size <= EMBED_LIMIT else None
+        href = None
+        if data is None:  # too large to ride in the notebook: a link to the file, relative to the kernel's folder
+            href = os.path.relpath(self.path.resolve(), Path.cwd()) if self.path.is_absolute() else str(self.path)
+        return download_html(self.path.name, data=data, href=href, size_text=size(self.path.stat().st_size))
+
+    def __repr__(self) -> str:
+        return f"{self.path} ({size(self.path.stat().st_size)}): {HOW_TO_OPEN}"
+
+
+def perfetto_link(trace, out: str | os.PathLike | None = None) -> PerfettoFile:
+    """Export a trace (a Trace, an Analysis, or a trace folder's path) for ui.perfetto.dev: to `out`, by default
+    beside the trace folder (run.trace -> run.pftrace), or trace.pftrace in the working folder for a trace in
+    memory. In a notebook the result shows a download link and how to open the file."""
+    trace = getattr(trace, "trace", trace)  # an Analysis holds its Trace
+    if not isinstance(trace, Trace):
+        trace = load_trace(trace)
+    if out is None:
+        out = Path(trace.path).with_suffix(SUFFIX) if trace.path else Path.cwd() / f"trace{SUFFIX}"
+    counts = export_perfetto(trace, out)
+    return PerfettoFile(Path(counts["path"]), counts)

@@ -2,6 +2,8 @@
 
   step_time_vs_context   steps per configuration against context, fits, bandwidth floor, event markers
   step_breakdown         per-step stacked time: hook budget, GPU kernels by family, sampled CPU work
+  timeline               every lane of a trace on one clock: steps, splits, syncs, copies, allocator, FA plans,
+                         kernels per GPU, memory held, with bands per configuration and depth
   memory_over_time       bytes held per device by owner
   allocator_timeline     reallocations, re-reserves, buffer (re)allocations over time
   fa_plan_table          the FlashAttention plans, NONE plans shaded
@@ -22,10 +24,11 @@ from gpuscope.plots.context import event_markers, step_time_vs_context
 from gpuscope.plots.flame import cpu_flame
 from gpuscope.plots.memory import memory_over_time
 from gpuscope.plots.tables import copy_matrix, fa_plan_table
+from gpuscope.plots.timeline import timeline
 
 __all__ = ["allocator_timeline", "before_after", "by_config", "comparison_figures", "config_figures", "copy_matrix",
            "cpu_flame", "event_markers", "fa_plan_table", "memory_over_time", "standard_figures", "step_breakdown",
-           "step_time_figure", "step_time_vs_context"]
+           "step_time_figure", "step_time_vs_context", "timeline", "timeline_figure"]
 
 
 def _batch_size(steps) -> int | None:
@@ -44,10 +47,16 @@ def step_time_figure(analysis):
                                 bands=analysis.step_time_bands, n_tokens=_batch_size(steps))
 
 
-def config_figures(analysis) -> dict:
+def timeline_figure(analysis):
+    """Every lane of a trace on one clock, bands per configuration and depth."""
+    return timeline(analysis.steps, analysis.bands, analysis.trace.tables, analysis.buffers, t0_ns=analysis.t0_ns)
+
+
+def config_figures(analysis, t0_ns: int | None = None) -> dict:
     """The figures of one configuration's steps and events (an Analysis of one configuration: Analysis.of_config):
     always the step breakdown (one row per GPU) and memory; the allocator timeline, FA plans, copy matrix and CPU
-    stacks when its events hold such."""
+    stacks when its events hold such. t0_ns: the whole trace's time origin (default: this analysis's)."""
+    t0_ns = analysis.t0_ns if t0_ns is None else t0_ns
     steps = analysis.complete_steps
     n_tokens = _batch_size(steps)
     chosen = steps[steps["n_tokens"] == n_tokens] if n_tokens is not None else steps
@@ -55,11 +64,12 @@ def config_figures(analysis) -> dict:
     figures = {"step_breakdown": step_breakdown(analysis.budget, chosen, gpu_families=analysis.gpu_families,
                                                 gpu_busy=analysis.gpu_busy, cpu_time=analysis.cpu_time,
                                                 device_names=names),
-               "memory_over_time": memory_over_time(analysis.buffers, device_names=names)}
+               "memory_over_time": memory_over_time(analysis.buffers, t0_ns=t0_ns, device_names=names)}
     if any(len(analysis.table(kind)) for kind in ("gallocr_realloc", "sched_reserve", "gallocr_buffer")):
         figures["allocator_timeline"] = allocator_timeline(
             analysis.table("gallocr_realloc"), analysis.table("sched_reserve"), analysis.table("gallocr_buffer"),
-            realloc_steps=analysis.in_step("gallocr_realloc"), reserve_steps=analysis.in_step("sched_reserve"))
+            realloc_steps=analysis.in_step("gallocr_realloc"), reserve_steps=analysis.in_step("sched_reserve"),
+            t0_ns=t0_ns)
     if len(analysis.fa_plans):
         figures["fa_plans"] = fa_plan_table(analysis.fa_plans)
     if len(analysis.copy_pairs):
@@ -74,14 +84,15 @@ def by_config(analysis) -> list[tuple[str | None, dict]]:
     one configuration gives (None, figures)."""
     if len(analysis.configs) <= 1:
         return [(None, config_figures(analysis))]
-    return [(config, config_figures(analysis.of_config(config))) for config in analysis.configs]
+    return [(config, config_figures(analysis.of_config(config), analysis.t0_ns)) for config in analysis.configs]
 
 
 def standard_figures(analysis) -> dict:
-    """The figures of one trace, by name: step time against context of every configuration, then each
+    """The figures of one trace, by name: the timeline, step time against context of every configuration, then each
     configuration's own (config_figures), named `<figure>` when the trace has one configuration and
-    `<figure>: <configuration>` when it has several (a sweep's configurations are never averaged or piled up)."""
-    figures = {"step_time_vs_context": step_time_figure(analysis)}
+    `<figure>: <configuration>` when it has several (a sweep's configurations are never averaged or piled up).
+    Every time axis counts from the trace's first event (analysis.t0_ns)."""
+    figures = {"timeline": timeline_figure(analysis), "step_time_vs_context": step_time_figure(analysis)}
     for config, figures_of_config in by_config(analysis):
         figures.update({name if config is None else f"{name}: {config}": fig
                         for name, fig in figures_of_config.items()})

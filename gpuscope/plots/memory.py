@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gpuscope.analysis.memory import timeline
-from gpuscope.plots.style import TEMPLATE, category_color, device_namer, empty, figure, seconds_since, text
+from gpuscope.plots.style import TEMPLATE, TIME_AXIS, category_color, device_namer, empty, figure, seconds_since, text
 from gpuscope.units import MIB, number, size
 
 MAPPED = " (mapped file)"
@@ -30,17 +30,16 @@ def held_over_time(buffers: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["ts_ns", "location"])
 
 
-def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None, device_names: pd.DataFrame | None = None,
+def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int, device_names: pd.DataFrame | None = None,
                      title: str = "Memory per device by owner") -> go.Figure:
     """One panel per memory location (a device, or the host), the bytes held there stacked by owner over time.
 
     buffers: Analysis.buffers (buffer lifetimes) of one configuration (a sweep's configurations follow one another
-    in time: draw each on its own); t0_ns: the time origin (default: the first allocation); device_names:
+    in time: draw each on its own); t0_ns: the trace's time origin, Analysis.t0_ns; device_names:
     Analysis.device_names (panels named as the configuration names its devices)."""
     held = held_over_time(buffers)
     if not len(held):
-        return empty(figure(title, "time (s)", "MiB"), "no buffer events in the trace")
-    t0 = int(held["ts_ns"].min()) if t0_ns is None else t0_ns
+        return empty(figure(title, TIME_AXIS, "MiB"), "no buffer events in the trace")
     locations = list(dict.fromkeys(held["location"]))
     device = device_namer(device_names)
     fig = make_subplots(rows=len(locations), cols=1, shared_xaxes=True, vertical_spacing=0.1,
@@ -50,7 +49,7 @@ def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None, device_
         part = held[held["location"] == location]
         owners = [c for c in part.columns if c not in ("ts_ns", "location") and part[c].notna().any()]
         owners.sort(key=lambda o: (owner_order.index(o) if o in owner_order else len(owner_order), o))
-        x = seconds_since(part["ts_ns"], t0)
+        x = seconds_since(part["ts_ns"], t0_ns)
         for index, owner in enumerate(owners):
             values = part[owner].fillna(0).to_numpy(np.float64)
             hovers = [f"{text(device(location)[1])}, {text(owner)}: {size(v)} at {number(t)} s"
@@ -62,7 +61,7 @@ def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int | None = None, device_
                 opacity=0.6 if owner.endswith(MAPPED) else 1.0, hovertext=hovers, hoverinfo="text"),
                 row=row, col=1)
         fig.update_yaxes(title_text="MiB", rangemode="tozero", row=row, col=1)
-    fig.update_xaxes(title_text="time since the first allocation (s)", row=len(locations), col=1)
+    fig.update_xaxes(title_text=TIME_AXIS, row=len(locations), col=1)
     fig.update_layout(template=TEMPLATE, title=title, height=260 + 230 * len(locations), hovermode="closest",
                       legend_title_text="owner", margin=dict(l=70, r=30, t=70, b=50))
     return fig

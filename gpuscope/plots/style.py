@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
@@ -121,14 +120,12 @@ def ms(ns) -> np.ndarray:
     return np.asarray(ns, dtype=np.float64) / 1e6
 
 
+# every time axis counts from one origin, the trace's first event (Analysis.t0_ns), so that plots read together
+TIME_AXIS = "time since the trace began (s)"
+
+
 def seconds_since(ts_ns, t0_ns: int) -> np.ndarray:
     return (np.asarray(ts_ns, dtype=np.float64) - t0_ns) / 1e9
-
-
-def first_timestamp(*frames: pd.DataFrame, column: str = "ts_ns") -> int:
-    """The earliest timestamp over frames (the origin of time axes), 0 when there is none."""
-    starts = [int(frame[column].min()) for frame in frames if frame is not None and len(frame) and column in frame]
-    return min(starts) if starts else 0
 
 
 def shared_axes(*figures: go.Figure) -> None:

@@ -28,6 +28,7 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-
 .finding { border-left: 5px solid #888; padding: 6px 14px; margin: 12px 0; background: #fcfcfc; }
 .finding.critical { border-color: #cf222e; } .finding.warning { border-color: #bf8700; }
 .finding.info { border-color: #0969da; }
+.finding[data-from] { cursor: pointer; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: #fff;
          margin-right: 6px; }
 .wide { overflow-x: auto; }
@@ -63,9 +64,10 @@ def pairs(items: Iterable[tuple[str, object]]) -> str:
     return "<table>" + "".join(rows) + "</table>" if rows else "<p class='muted'>(not recorded)</p>"
 
 
-def figure_div(fig: go.Figure) -> str:
+def figure_div(fig: go.Figure, div_id: str | None = None) -> str:
     # plotly's JSON escapes '<', '>' and '/': no string in a figure can close the script element
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True})
 
 
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:

@@ -17,8 +17,10 @@ import pandas as pd
 from gpuscope.analysis.devices import as_configured
 from gpuscope.analysis.facade import Analysis
 from gpuscope.doctor.rules import diagnose, headline
-from gpuscope.plots import by_config, comparison_figures, step_time_figure
+from gpuscope.export.perfetto import SUFFIX
+from gpuscope.plots import by_config, comparison_figures, step_time_figure, timeline_figure
 from gpuscope.report.page import esc, figure_div, page, pairs, table
+from gpuscope.report.timeline import finding_range, perfetto_block, timeline_section
 from gpuscope.trace.model import Trace
 from gpuscope.units import duration
 from gpuscope.version import __version__
@@ -51,7 +53,7 @@ def _summary(a: Analysis, findings: list) -> str:
     return pairs(items)
 
 
-def _finding(f, anchor: str = "") -> str:
+def _finding(f, anchor: str = "", t0_ns: int | None = None) -> str:
     share = "".join(f" &middot; {esc(part)}" for part in (f.config and f"configuration {f.config}", f.phase,
                                                           f.saving_text()) if part)
     evidence = pairs(f.evidence.items())
@@ -66,10 +68,11 @@ def _finding(f, anchor: str = "") -> str:
         predicted = f.saving_text() or "no estimate"
         checked = (f"<p><b>Predicted:</b> {esc(predicted)} &middot; <b>Verified:</b> {esc(f.verified_text())}</p>")
     where = f" id='{esc(anchor)}'" if anchor else ""
-    return (f"<div class='finding {esc(f.severity)}'{where}><h3>"
+    span, on_timeline = finding_range(f, t0_ns)
+    return (f"<div class='finding {esc(f.severity)}'{where}{span}><h3>"
             f"<span class='badge {esc(f.severity)}'>{esc(f.severity)}</span><code>{esc(f.id)}</code>"
             f"<span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
-            f"{checked}"
+            f"{checked}{on_timeline}"
             f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
             f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
 
@@ -84,10 +87,10 @@ def _verdict(a: Analysis, findings: list) -> str:
     return lead
 
 
-def _findings(findings: list) -> str:
+def _findings(findings: list, t0_ns: int) -> str:
     if not findings:
         return "<p>No findings: none of the doctor's rules saw a problem in this trace.</p>"
-    return "".join(_finding(f) for f in findings)
+    return "".join(_finding(f, t0_ns=t0_ns) for f in findings)
 
 
 def _configuration(a: Analysis) -> str:
@@ -174,18 +177,21 @@ def _plots(a: Analysis) -> str:
     return "".join(parts)
 
 
-def report_html(analysis: Analysis, *, title: str | None = None, findings: list | None = None) -> str:
+def report_html(analysis: Analysis, *, title: str | None = None, findings: list | None = None,
+                perfetto_beside: Path | None = None) -> str:
     """The report of one trace as an HTML string; `findings`: the doctor's, verified or not (default: diagnosed
-    here)."""
+    here); `perfetto_beside`: where to write a Perfetto export too large to embed (None: it is not written)."""
     a = analysis
     findings = diagnose(a) if findings is None else findings
     name = Path(str(a.trace.path)).name if a.trace.path else "trace"
+    timeline = timeline_section(timeline_figure(a), perfetto_block(a, perfetto_beside))
     plots = _plots(a)
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         ("verdict", "Verdict", _verdict(a, findings)),
         ("summary", "Summary", _summary(a, findings)),
-        ("findings", "Findings", _findings(findings)),
+        ("findings", "Findings", _findings(findings, a.t0_ns)),
+        ("timeline", "Timeline", timeline),
         ("plots", "Plots", plots),
         ("tables", "Tables", _tables(a)),
         ("configuration", "Configuration", _configuration(a)),
@@ -197,11 +203,12 @@ def report_html(analysis: Analysis, *, title: str | None = None, findings: list 
 
 def write_report(trace: Analysis | Trace | str | os.PathLike, out: str | os.PathLike, *, title: str | None = None,
                  findings: list | None = None, **analysis_options) -> Path:
-    """Write the report of a trace (a path, a Trace or an Analysis) to `out`; returns the path."""
+    """Write the report of a trace (a path, a Trace or an Analysis) to `out`, with its Perfetto export inside or,
+    too large to embed, beside it (`<out stem>.pftrace`); returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report_html(as_analysis(trace, **analysis_options), title=title, findings=findings),
-                   encoding="utf-8")
+    out.write_text(report_html(as_analysis(trace, **analysis_options), title=title, findings=findings,
+                               perfetto_beside=out.with_name(out.stem + SUFFIX)), encoding="utf-8")
     return out
 
 
