@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from gpuscope.live import live
+from gpuscope.live.dashboard import MEDIAN
 from gpuscope.ring.reader import RingReader
 from gpuscope.session import Session, SplitConfig
 from gpuscope.session.workloads import sweep_loop
@@ -43,9 +44,11 @@ def test_dashboard_draws_a_sweep_while_it_runs(session) -> None:
     assert len(decode) == 64
     # it drew while the workload ran, not only at the end
     assert dash.refreshes_with_new_steps >= 3
-    points = {t.name: list(zip(t.x, t.y)) for t in dash.step_figure.data}
+    points = {t.name: list(zip(t.x, t.y)) for t in dash.step_figure.data if t.mode == "markers"}
     assert list(points) == [session.label]
     assert sorted(points[session.label]) == sorted(zip(decode["pos_after"], decode["wall_ns"] / 1e6))
+    median = next(t for t in dash.step_figure.data if t.name == session.label + MEDIAN)
+    assert len(median.y) == len(decode) and min(median.y) >= decode["wall_ns"].min() / 1e6
     assert dash.progress.value == dash.progress.max == 64 and "done" in dash.status.value
     # memory held now, per device and owner, includes what the model loaded before the dashboard opened
     held = {t.name: dict(zip(t.x, t.y)) for t in dash.memory_figure.data}
@@ -109,3 +112,26 @@ def test_bench_live_prints_both_conditions(engine_build, gemma) -> None:
     low, high = result["difference_ci_ms"]
     assert low <= result["difference_ms"] <= high and result["refreshes"] >= 2
     assert all(ms > 0 for ms in result["median_ms"].values())
+
+
+def test_a_finished_sweep_keeps_each_configuration_s_memory_and_a_busy_machine_is_said(engine_build, tiny_model):
+    """Two configurations swept with busy processes beside them on this machine's cores: once the sweep's sessions
+    have freed everything, the last and peak memory of each stay, and the noise of the steps is shown."""
+    configs = [SplitConfig(n_ctx=256, flash_attn="on"), SplitConfig(n_ctx=256, flash_attn="off")]
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        dash = live(show=False, interval_s=0.05)
+        dash.sweep(configs, tiny_model, depths=(0, 64), n_steps=48, engine=engine_build.root)
+        dash.wait()
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+    labels = [c.label for c in configs]
+    for label in labels:
+        assert f"<td>{label}</td>" in dash.memory_html.value
+    assert "peak" in dash.memory_html.value and "MiB" in dash.memory_html.value
+    # nothing is held now, and the figure still shows what was
+    assert dash.memory_figure.layout.title.text.startswith("Memory last held")
+    assert sum(sum(t.y) for t in dash.memory_figure.data) > 0
+    assert "step times are noisy" in dash.noise_html.value and "machine looks busy" in dash.noise_html.value

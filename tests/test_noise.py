@@ -12,8 +12,10 @@ import pytest
 from gpuscope.analysis import Analysis
 from gpuscope.analysis.noise import step_noise
 from gpuscope.doctor.rules import BUSY_OTHERS_SHARE, diagnose
+from gpuscope.runs.record import record
 from gpuscope.session import Session, SplitConfig
 from gpuscope.session.workloads import sweep_loop
+from gpuscope.trace.model import load_trace
 
 RUNS = Path(__file__).resolve().parent.parent / "datasets" / "h200-bench-doctor"
 BUSY_LOOP = "while True: pass"
@@ -58,3 +60,15 @@ def test_a_busy_machine_makes_a_noisy_run_and_a_quiet_one_does_not(engine_build,
 @pytest.mark.parametrize("name", sorted(p.name for p in RUNS.glob("*.trace")))
 def test_the_recorded_h200_runs_are_not_noisy(name) -> None:
     assert not _noisy(RUNS / name)
+
+
+def test_a_recorded_program_counts_as_the_recorder_s_own_work(engine_build, tiny_model, tmp_path) -> None:
+    """`gpuscope record` writes the load too: the program it ran (reaped by then) is its own CPU time, not other
+    work on the machine."""
+    command = [str(engine_build.program("llama-bench")), "-m", str(tiny_model), "-p", "0", "-n", "256", "-r", "2",
+               "-t", "1"]
+    trace = record(command, tmp_path / "bench.trace", quiet=True)
+    load = load_trace(tmp_path / "bench.trace").meta["load"]  # as written, checked against the format
+    assert load == trace.meta["load"] and load["window_s"] > 0 and load["cpus"]
+    assert load["own_share"] > 0.1, load  # llama-bench's one thread, most of the window
+    assert not any(p["name"] == "llama-bench" for p in load["others"]), load

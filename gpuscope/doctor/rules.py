@@ -585,6 +585,12 @@ NOISY_OUTLIER_SHARE = 0.08
 BUSY_OTHERS_SHARE = 0.25
 
 
+def is_noisy(noise: dict) -> bool:
+    """Whether a series' noise (gpuscope.analysis.noise.noise_of) makes its times unreliable."""
+    return noise["scatter_share"] >= NOISY_SCATTER or (noise["outlier_share"] >= NOISY_OUTLIER_SHARE
+                                                       and noise["outliers"] >= MIN_STEPS)
+
+
 def recorded_load(a, config: str | None) -> dict | None:
     """What else ran while a configuration measured, as its session recorded it (gpuscope.session.load); None
     where the trace does not record it."""
@@ -598,8 +604,7 @@ def recorded_load(a, config: str | None) -> dict | None:
 def noisy_measurement(a) -> list[Finding]:
     findings = []
     for row in step_noise(a.steps).itertuples():
-        outliers = row.outlier_share >= NOISY_OUTLIER_SHARE and row.outliers >= MIN_STEPS
-        if row.scatter_share < NOISY_SCATTER and not outliers:
+        if not is_noisy(row._asdict()):
             continue
         load = recorded_load(a, row.config)
         busy = load is not None and load["others_share"] >= BUSY_OTHERS_SHARE

@@ -24,7 +24,7 @@ class CpuSnapshot:
     at_s: float                             # time.monotonic()
     cpus: tuple[int, ...]                   # the cores this process (the engine's threads) may run on
     busy_s: float                           # their busy time since boot
-    own_s: float                            # this process's CPU time, all its threads
+    own_s: float                            # this process's CPU time, all its threads, and its reaped children's
     processes: dict[int, tuple[str, float]]  # every other process: pid -> (name, its CPU time)
 
 
@@ -35,13 +35,16 @@ def snapshot() -> CpuSnapshot | None:
         busy = _busy_seconds(set(cpus))
     except (OSError, AttributeError, ValueError):
         return None
-    return CpuSnapshot(time.monotonic(), cpus, busy, time.process_time(), _processes())
+    times = os.times()
+    return CpuSnapshot(time.monotonic(), cpus, busy, time.process_time() + times.children_user
+                       + times.children_system, _processes())
 
 
 def load_since(start: CpuSnapshot | None, helpers: Iterable[int] = ()) -> dict | None:
     """What ran between `start` and now: window_s, cpus (the engine's cores), loadavg (1, 5 and 15 minutes, at
     the end), busy_share (of those cores' time), own_share (this process's part, with its `helpers`: the
-    session's RPC servers), others_share (the rest: other processes on those cores), others (the busiest other
+    session's RPC servers, the recorded program while it runs; children it has reaped count as its own),
+    others_share (the rest: other processes on those cores), others (the busiest other
     processes: pid, name, cpu_s). None without a start."""
     end = snapshot()
     if start is None or end is None or end.at_s <= start.at_s:
@@ -49,8 +52,9 @@ def load_since(start: CpuSnapshot | None, helpers: Iterable[int] = ()) -> dict |
     room = (end.at_s - start.at_s) * len(start.cpus)
     # the cores of the start: those the engine's threads were made on
     busy, own = _busy_seconds(set(start.cpus)) - start.busy_s, end.own_s - start.own_s
-    took = {pid: (name, cpu_s - start.processes[pid][1]) for pid, (name, cpu_s) in end.processes.items()
-            if pid in start.processes}
+    # a process that started within the window took all its CPU time in it
+    took = {pid: (name, cpu_s - start.processes.get(pid, (name, 0.0))[1])
+            for pid, (name, cpu_s) in end.processes.items()}
     helpers = set(helpers)
     own += sum(cpu_s for pid, (_, cpu_s) in took.items() if pid in helpers)
     others = sorted(((pid, name, cpu_s) for pid, (name, cpu_s) in took.items() if pid not in helpers),
