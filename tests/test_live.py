@@ -92,7 +92,7 @@ def test_dashboard_follows_another_process_ring_until_it_exits(engine_build, tin
         with RingReader(ring) as reader:
             tables = reader.read_all()
         steps = len(tables["decode_synced"])
-        drawn = sum(len(t.x) for t in dash.step_figure.data)
+        drawn = sum(len(t.x) for t in dash.step_figure.data if t.mode == "markers")
         assert drawn == steps >= 3 * 64
         assert f"steps <b>{len(tables['decode_begin'])}</b>" in dash.counters.value
         assert "ring closed" in dash.counters.value and "done" in dash.status.value
