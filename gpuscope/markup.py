@@ -59,6 +59,7 @@ def pairs(items: Iterable[tuple[str, object]]) -> str:
 
 
 def notebook(title: str, body: str) -> str:
-    """An object's HTML for a notebook cell: its title (escaped here), then `body` (already escaped HTML), with
-    the style its cards and tables need."""
-    return (f"<div class='gpuscope'><style>{NOTEBOOK_STYLE}</style><h3>{esc(title)}</h3>{body}</div>")
+    """An object's HTML for a notebook cell: its title (escaped here; none where empty), then `body` (already
+    escaped HTML), with the style its cards and tables need."""
+    heading = f"<h3>{esc(title)}</h3>" if title else ""
+    return f"<div class='gpuscope'><style>{NOTEBOOK_STYLE}</style>{heading}{body}</div>"

@@ -105,7 +105,7 @@ class Finding:
                 f"<details><summary>evidence</summary>{pairs(self.evidence.items())}</details>{rows}</div>")
 
     def _repr_html_(self) -> str:
-        return notebook(f"gpuscope finding {self.id}", self.to_html())
+        return notebook("", self.to_html())  # the card names its rule
 
     def saving_text(self) -> str:
         """'the first remedy saves about 1.2 ms per step (14%)'; empty where nothing is estimated."""
