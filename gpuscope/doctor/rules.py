@@ -578,7 +578,8 @@ def _phase_of(a, kind: str, seqs: pd.Series) -> str | None:
 # datasets/h200-bench-doctor, on a quiet machine, scatter at most 2.7% around it with at most 6.3% outliers (4 of a
 # draft's 64 steps; 0-4% elsewhere). The default model's CPU decode on this project's 2-core machine scattered 1.2%
 # with no outliers alone, and with one or two busy processes beside it 9.7-12.5% with 8.5-28% outliers (the slowest
-# 16-23x): tests/test_noise.py records both.
+# 16-23x): tests/test_noise.py records both. An info, not a warning: it is about the measurement, not the engine, and
+# the verdicts it doubts keep their own thresholds.
 NOISY_SCATTER = 0.06
 NOISY_OUTLIER_SHARE = 0.08
 # Other processes using this share of the engine's cores while it measured is a busy machine.
@@ -624,7 +625,7 @@ def noisy_measurement(a) -> list[Finding]:
                       **({"load": {k: load[k] for k in ("window_s", "cpus", "loadavg", "busy_share", "own_share",
                                                         "others_share") if k in load},
                           "other_processes": load.get("others") or []} if load is not None else
-                         {"load": "not recorded (a session records it)"})},
+                         {"load": "not recorded (sessions and gpuscope record write it)"})},
             cause=("other work on the machine competes for the engine's cores: its threads wait at each barrier "
                    "for one that was descheduled" if busy or load is None else
                    "the engine's own variation, or work the recorded load does not see (another machine's, the "
