@@ -578,9 +578,10 @@ def _phase_of(a, kind: str, seqs: pd.Series) -> str | None:
 # datasets/h200-bench-doctor, on a quiet machine, scatter at most 2.7% around it with at most 6.3% outliers (4 of a
 # draft's 64 steps; 0-4% elsewhere). The default model's CPU decode on this project's 2-core machine scattered 1.2%
 # with no outliers alone, and with one or two busy processes beside it 9.7-12.5% with 8.5-28% outliers (the slowest
-# 16-23x): tests/test_noise.py records both. An info, not a warning: it is about the measurement, not the engine, and
+# 16-23x): tests/test_noise.py records both. The clean CPU sweeps of datasets/cpu, recorded on this shared machine,
+# scatter 6.8-7.8% with at most 4.3% outliers and stay below. An info, not a warning: it is about the measurement, not the engine, and
 # the verdicts it doubts keep their own thresholds.
-NOISY_SCATTER = 0.06
+NOISY_SCATTER = 0.10
 NOISY_OUTLIER_SHARE = 0.08
 # Other processes using this share of the engine's cores while it measured is a busy machine.
 BUSY_OTHERS_SHARE = 0.25
