@@ -101,7 +101,10 @@ def test_bench_analysis_scales_a_real_trace() -> None:
     per_copy = sum(len(frame) for frame in source.tables.values())
     for f in figures:
         assert f["events"] >= f["target"] and f["events"] == f["copies"] * per_copy
-        assert f["steps"] == f["copies"] * len(source.tables["decode_begin"]) and f["findings"] == []
+        # a clean run; the copies repeat its steps, and measurement.noisy (an info) says when this shared machine
+        # was busy while it was recorded
+        assert f["steps"] == f["copies"] * len(source.tables["decode_begin"])
+        assert [found for found in f["findings"] if found != "measurement.noisy"] == []
 
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"

@@ -17,27 +17,30 @@ from gpuscope.plots import standard_figures
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 
-# trace -> the doctor's findings (id: severity), exactly
+# trace -> the doctor's findings (id: severity), exactly; measurement.noisy where the recording's steps scatter as
+# this shared 2-core machine made them (the clean sweeps stay below its thresholds)
+NOISY = {"measurement.noisy": "info"}
 EXPECTED = {
     "cpu-sweep-gemma3": {},
     "cpu-stacks-gemma3": {},
-    "cpu-sweep-split-configs": {"memory.split-imbalance": "warning"},
+    "cpu-sweep-split-configs": {"memory.split-imbalance": "warning", **NOISY},
     "cpu-lost-events": {"trace.lost-events": "critical"},
     "cpu-graph-rebuilt": {"graph.rebuilt": "warning"},
-    "cpu-allocator-churn": {"allocator.churn": "warning", "graph.rebuilt": "warning"},
+    "cpu-allocator-churn": {"allocator.churn": "warning", "graph.rebuilt": "warning", **NOISY},
     "cpu-eval-callback-syncs": {"sync.eval-callback": "warning"},
-    "cpu-kv-on-host-copies": {"copies.cross-device": "critical"},
+    "cpu-kv-on-host-copies": {"copies.cross-device": "critical", **NOISY},
     "cpu-ops-off-device": {"placement.off-device": "info"},
     "cpu-split-imbalance": {"memory.split-imbalance": "warning", "copies.cross-device": "critical",
-                            "placement.off-device": "info"},
-    "cpu-markup-tensor-names": {},
+                            "placement.off-device": "info", **NOISY},
+    "cpu-markup-tensor-names": NOISY,
 }
 
 
 # two H200s: the doctor finds the placement made on purpose (-nkvo) and nothing in the plain splits
 EXPECTED_TWO_GPUS = {
     "x2-sm-none": {}, "x2-sm-layer-ts1-1": {}, "x2-sm-layer-ts3-1": {}, "x2-sm-layer-ts1-1-pp-off": {},
-    "x2-sm-tensor": {}, "x2-kernels-layer": {}, "x2-kernels-tensor": {},
+    "x2-sm-tensor": {}, "x2-kernels-layer": {},
+    "x2-kernels-tensor": NOISY,  # 6 of its 30 profiled steps took over 2x their neighbours (up to 5x)
     "x2-sm-layer-nkvo": {"copies.cross-device": "critical"},
 }
 

@@ -161,7 +161,8 @@ def test_every_rule_has_a_test() -> None:
               "context.short-above-floor", "memory.split-imbalance",
               "config.slower",  # tests/test_verdict.py
               "placement.partial-offload",  # tests/test_bench_doctor.py (the H200's runs)
-              "speculation.net-effect"}  # tests/test_speculation.py
+              "speculation.net-effect",  # tests/test_speculation.py
+              "measurement.noisy"}  # tests/test_noise.py
     assert {registered.id for registered in RULES} == tested
 
 
@@ -172,7 +173,8 @@ def test_doctor_cli_text_and_json() -> None:
     out = subprocess.run([sys.executable, "-m", "gpuscope.cli", "doctor", path, "--json"], capture_output=True,
                          text=True)
     parsed = json.loads(out.stdout)
-    assert [f["id"] for f in parsed] == ["sync.eval-callback"]
+    # (measurement.noisy, an info, says so where this shared machine was busy while the trace was recorded)
+    assert [f["id"] for f in parsed if f["id"] != "measurement.noisy"] == ["sync.eval-callback"]
     assert parsed[0]["rows"]["total"] == parsed[0]["evidence"]["syncs_per_step"]
     bad = subprocess.run([sys.executable, "-m", "gpuscope.cli", "doctor", path, "--bandwidth", "CPU"],
                          capture_output=True, text=True)

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from gpuscope.live import live
+from gpuscope.live.dashboard import MEDIAN
 from gpuscope.ring.reader import RingReader
 from gpuscope.session import Session, SplitConfig
 from gpuscope.session.workloads import sweep_loop
@@ -43,9 +44,11 @@ def test_dashboard_draws_a_sweep_while_it_runs(session) -> None:
     assert len(decode) == 64
     # it drew while the workload ran, not only at the end
     assert dash.refreshes_with_new_steps >= 3
-    points = {t.name: list(zip(t.x, t.y)) for t in dash.step_figure.data}
+    points = {t.name: list(zip(t.x, t.y)) for t in dash.step_figure.data if t.mode == "markers"}
     assert list(points) == [session.label]
     assert sorted(points[session.label]) == sorted(zip(decode["pos_after"], decode["wall_ns"] / 1e6))
+    median = next(t for t in dash.step_figure.data if t.name == session.label + MEDIAN)
+    assert len(median.y) == len(decode) and min(median.y) >= decode["wall_ns"].min() / 1e6
     assert dash.progress.value == dash.progress.max == 64 and "done" in dash.status.value
     # memory held now, per device and owner, includes what the model loaded before the dashboard opened
     held = {t.name: dict(zip(t.x, t.y)) for t in dash.memory_figure.data}
@@ -89,7 +92,7 @@ def test_dashboard_follows_another_process_ring_until_it_exits(engine_build, tin
         with RingReader(ring) as reader:
             tables = reader.read_all()
         steps = len(tables["decode_synced"])
-        drawn = sum(len(t.x) for t in dash.step_figure.data)
+        drawn = sum(len(t.x) for t in dash.step_figure.data if t.mode == "markers")
         assert drawn == steps >= 3 * 64
         assert f"steps <b>{len(tables['decode_begin'])}</b>" in dash.counters.value
         assert "ring closed" in dash.counters.value and "done" in dash.status.value
@@ -109,3 +112,38 @@ def test_bench_live_prints_both_conditions(engine_build, gemma) -> None:
     low, high = result["difference_ci_ms"]
     assert low <= result["difference_ms"] <= high and result["refreshes"] >= 2
     assert all(ms > 0 for ms in result["median_ms"].values())
+
+
+SWEEP_WITH_A_BUSY_MACHINE = """
+import json, subprocess, sys
+from gpuscope.live import live
+from gpuscope.session import SplitConfig
+configs = [SplitConfig(n_ctx=256, flash_attn="on"), SplitConfig(n_ctx=256, flash_attn="off")]
+spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+try:
+    dash = live(show=False, interval_s=0.05)
+    dash.sweep(configs, sys.argv[1], depths=(0, 64), n_steps=48, engine=sys.argv[2])
+    dash.wait()
+finally:
+    for process in spinning:
+        process.kill()
+        process.wait()
+print(json.dumps({"labels": [c.label for c in configs], "memory": dash.memory_html.value,
+                  "noise": dash.noise_html.value, "title": dash.memory_figure.layout.title.text,
+                  "bars_mib": sum(sum(t.y) for t in dash.memory_figure.data)}))
+"""
+
+
+def test_a_finished_sweep_keeps_each_configuration_s_memory_and_a_busy_machine_is_said(engine_build, tiny_model):
+    """Two configurations swept with busy processes beside them on this machine's cores, in a process of their own
+    (no other session holds memory there): once the sweep's sessions have freed everything, the last and peak
+    memory of each stay, the figure keeps the last bars, and the noise of the steps is said."""
+    done = subprocess.run([sys.executable, "-c", SWEEP_WITH_A_BUSY_MACHINE, str(tiny_model), str(engine_build.root)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    for label in shown["labels"]:
+        assert f"<td>{label}</td>" in shown["memory"]
+    assert "peak" in shown["memory"] and "MiB" in shown["memory"]
+    assert shown["title"].startswith("Memory last held") and shown["bars_mib"] > 0
+    assert "step times are noisy" in shown["noise"] and "machine looks busy" in shown["noise"]

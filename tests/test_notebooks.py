@@ -19,6 +19,12 @@ def outputs(notebook, mimetype: str) -> int:
     return sum(mimetype in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
 
 
+def html_outputs(notebook) -> list[str]:
+    """The HTML a notebook's objects showed (their _repr_html_), as the kernel sent it."""
+    return ["".join(output["data"]["text/html"]) for cell in notebook.cells for output in cell.get("outputs", [])
+            if "text/html" in output.get("data", {})]
+
+
 def errors(notebook) -> list:
     return [output for cell in notebook.cells for output in cell.get("outputs", [])
             if output.get("output_type") == "error"]
@@ -85,6 +91,13 @@ def test_02_split_configurations(engine_build, gemma, tmp_path) -> None:
     busy = summary["gpu_busy_fraction"]  # the layer split's pipeline bubble; the tensor split keeps both GPUs busy
     assert 0.3 < busy["layer"] < 0.6 < 0.7 < busy["tensor"]
     assert summary["gpu_weight_share_ts3_1"]["CUDA0"] > 0.7  # -ts 3/1 asked for 75%
+    # the trace, the summary and the findings show themselves as the report's tables and cards, not as text
+    shown = html_outputs(notebook)
+    assert any("gpuscope trace 02-split.trace" in h and "Events per kind" in h for h in shown)
+    assert any("gpuscope summary" in h and "tokens_per_s" in h for h in shown)
+    cards = [h for h in shown if "<div class='finding " in h]
+    assert len(cards) >= 1 + len(summary["findings"])  # the CPU sweep's findings, and the two-GPU one
+    assert any("<code>copies.cross-device</code>" in h for h in cards)
 
 
 def test_03_before_after_patch(engine_build, tmp_path) -> None:
@@ -96,6 +109,8 @@ def test_03_before_after_patch(engine_build, tmp_path) -> None:
     assert summary["findings"]["allocator.churn"] == "disappeared"
     assert summary["verdicts"] and all(":" in v for v in summary["verdicts"])
     assert Path(summary["report"]).is_file() and outputs(notebook, PLOTLY) == 1
+    shown = [h for h in html_outputs(notebook) if "gpuscope compare:" in h]
+    assert len(shown) == 1 and "What differs" in shown[0] and "<code>allocator.churn</code>" in shown[0]
 
 
 def test_04_speculative_decoding(engine_build, gemma, tmp_path) -> None:

@@ -15,6 +15,8 @@ from gpuscope.analysis.devices import device_names
 from gpuscope.analysis.health import health, last_events
 from gpuscope.analysis.kernels import family_time_per_step, gpu_busy_per_step
 from gpuscope.analysis.steps import event_runs, main_process, step_table
+from gpuscope.analysis.summary import TOP_FINDINGS, Summary, summarize
+from gpuscope.markup import esc, notebook, table
 from gpuscope.trace.ggml_names import op_names
 from gpuscope.trace.model import Trace, load_trace
 from gpuscope.trace.model_bytes import ModelBytes, model_bytes, run_settings
@@ -346,6 +348,24 @@ class Analysis:
 
     def last_events(self, count: int = 12) -> pd.DataFrame:
         return last_events(self.trace.tables, count)
+
+    # -- in a notebook ---------------------------------------------------------------------------------------------
+
+    def summary(self, findings: list | None = None, top: int = TOP_FINDINGS) -> Summary:
+        """Configurations, step time, tokens/s and noise in a few lines (text and HTML), with the `top` of the
+        doctor's findings where they are given: a.summary(diagnose(a)). See gpuscope.analysis.summary."""
+        return summarize(self, findings, top)
+
+    def _repr_html_(self) -> str:
+        """The summary, then the configurations side by side, where the step time went and the cross-device
+        copies: the report's tables, as a notebook cell shows them."""
+        parts = [("Configurations side by side (decode, fastest first at each depth)",
+                  self.config_table if len(self.configs) > 1 else None),
+                 ("Where the step time went (all complete steps)", self.budget_summary),
+                 ("Cross-device copies per step, by device pair", self.copy_pairs)]
+        body = self.summary().to_html() + "".join(f"<h3>{esc(title)}</h3>{table(frame)}" for title, frame in parts
+                                                  if frame is not None and len(frame))
+        return notebook(f"gpuscope analysis of {self.trace.path or 'a trace in memory'}", body)
 
     def __repr__(self) -> str:
         where = self.trace.path or "in memory"

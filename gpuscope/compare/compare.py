@@ -17,6 +17,7 @@ from gpuscope.analysis.facade import Analysis
 from gpuscope.analysis.stats import bootstrap_median_difference
 from gpuscope.doctor.findings import Finding, json_ready
 from gpuscope.doctor.rules import diagnose
+from gpuscope.markup import esc, notebook, pairs, table as html_table
 from gpuscope.units import ARROW, duration_range, speed_change, terminal_width, text_table, wrap
 
 # The column that tells events of a kind apart, where one does.
@@ -299,6 +300,43 @@ class Comparison:
                                                       view["verdict"])]
         return view[["config", "n_tokens", "context_from", "change", "median_a_ns", "median_b_ns", "diff_ns",
                      "diff_ns_ci_low", "diff_ns_ci_high", "diff_pct", "steps_a", "steps_b"]]
+
+    # -- HTML: the report's pieces (gpuscope.report.compare_html) and a notebook's view ------------------------------
+
+    def traces_html(self) -> str:
+        """Which traces, and what differs between their recordings."""
+        (label_a, label_b), (name_a, name_b) = self.labels, self.names
+        traces = pairs([(label_a, f"{name_a} ({self.a.trace.path})"), (label_b, f"{name_b} ({self.b.trace.path})")])
+        differs = html_table(self.differences) if len(self.differences) else \
+            "<p class='muted'>Nothing their meta.json records differs (build, configuration, command, model).</p>"
+        return traces + "<h3>What differs</h3>" + differs
+
+    def verdict_html(self) -> str:
+        lines = self.verdict_lines()
+        return ("<ul>" + "".join(f"<li class='verdict'>{esc(line)}</li>" for line in lines) + "</ul>" if lines
+                else "<p>No step-time difference whose 95% interval excludes zero.</p>")
+
+    def findings_html(self) -> str:
+        """What appeared and what disappeared, each linked to its card; then the cards of both traces."""
+        if not len(self.findings):
+            return "<p>No findings in either trace.</p>"
+        labels = dict(zip("ab", self.labels))
+        items = "".join(
+            f"<li><b>{esc(r.change)}</b> ({esc(r.severity)}{', ' + esc(r.config) if r.config else ''}): "
+            f"<a href='#finding-{r.trace}-{r.index}'><code>{esc(r.id)}</code></a> in {esc(labels[r.trace])}</li>"
+            for r in self.findings.itertuples())
+        cards = "".join(f"<h3>Findings of {esc(labels[key])}</h3>" + "".join(
+            f.to_html(anchor=f"finding-{key}-{i}") for i, f in enumerate(findings)) if findings else ""
+            for key, findings in (("a", self.findings_a), ("b", self.findings_b)))
+        return f"<ul>{items}</ul>{cards}"
+
+    def _repr_html_(self) -> str:
+        """The comparison in a notebook: the report's sections without its plots (gpuscope.plots draws them)."""
+        tables = "".join(f"<h3>{esc(heading)}</h3>{html_table(frame)}" for heading, frame in self.sections()
+                         if heading != "Findings")
+        body = (self.traces_html() + "<h3>Verdict</h3>" + self.verdict_html() + "<h3>Findings</h3>"
+                + self.findings_html() + tables)
+        return notebook(f"gpuscope compare: {self.names[0]} against {self.names[1]}", body)
 
     def to_text(self, width: int | None = None, rows: int | None = None) -> str:
         """The comparison for the terminal: no line wider than `width` (default: the terminal's), each table cut

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gpuscope.units import as_table, duration, duration_range, label, share as percent, terminal_width, text_table, \
-    value, wrap
+from gpuscope.markup import esc, notebook, pairs, table as html_table
+from gpuscope.units import as_table, duration, duration_range, label, number, share as percent, terminal_width, \
+    text_table, value, wrap
 
 SEVERITIES = ("critical", "warning", "info")
 MAX_ROWS = 20
@@ -83,6 +84,42 @@ class Finding:
             lines.append(f"  {self.rows_kind + ' rows' if self.rows_kind else 'rows'} ({len(self.rows)}):")
             lines += text_table(self.rows, width=width, rows=rows, indent="    ")
         return "\n".join(lines)
+
+    def to_html(self, anchor: str = "", t0_ns: int | None = None) -> str:
+        """The finding's card, as the report shows it (and a notebook, through _repr_html_): severity, rule id,
+        statement, the check of its remedy, cause, actions, evidence as small tables and the rows behind it;
+        `t0_ns`: the report's timeline origin, which links the card to the finding's span on it."""
+        where = "".join(f" &middot; {esc(part)}" for part in (self.config and f"configuration {self.config}",
+                                                              self.phase, self.saving_text()) if part)
+        actions = "".join(f"<li>{esc(action)}</li>" for action in self.actions)
+        rows = ""
+        if len(self.rows):
+            kind = f"{self.rows_kind} rows" if self.rows_kind else "rows"
+            rows = (f"<details><summary>{esc(kind)} behind it ({len(self.rows)})</summary>"
+                    f"{html_table(self.rows, max_rows=50)}</details>")
+        checked = ""
+        if self.verified is not None:
+            checked = (f"<p><b>Predicted:</b> {esc(self.saving_text() or 'no estimate')} &middot; "
+                       f"<b>Verified:</b> {esc(self.verified_text())}</p>")
+        where_id = f" id='{esc(anchor)}'" if anchor else ""
+        span, on_timeline = self._timeline_link(t0_ns)
+        return (f"<div class='finding {esc(self.severity)}'{where_id}{span}><h3>"
+                f"<span class='badge {esc(self.severity)}'>{esc(self.severity)}</span><code>{esc(self.id)}</code>"
+                f"<span class='muted'>{where}</span></h3><p>{esc(self.statement)}</p>{checked}{on_timeline}"
+                f"<p><b>Likely cause:</b> {esc(self.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
+                f"<details><summary>evidence</summary>{pairs(self.evidence.items())}</details>{rows}</div>")
+
+    def _timeline_link(self, t0_ns: int | None) -> tuple[str, str]:
+        """The card's attributes and line that link it to its span on a timeline (empty where it has none)."""
+        if t0_ns is None or not self.time_range_ns:
+            return "", ""
+        start, end = ((t - t0_ns) / 1e9 for t in self.time_range_ns)
+        return (f" data-from='{esc(repr(start))}' data-to='{esc(repr(end))}'",
+                f"<p class='muted on-timeline'>On the timeline: {esc(number(start))} to {esc(number(end))} s "
+                "(click the card to show it)</p>")
+
+    def _repr_html_(self) -> str:
+        return notebook("", self.to_html())  # the card names its rule
 
     def saving_text(self) -> str:
         """'the first remedy saves about 1.2 ms per step (14%)'; empty where nothing is estimated."""

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gpuscope.analysis.columns import text
+from gpuscope.analysis.noise import OUTLIER_RATIO, step_noise
 from gpuscope.analysis.verdict import decode_steps
 from gpuscope.doctor.findings import Finding
 from gpuscope.doctor.registry import RULES, rule
@@ -569,6 +570,73 @@ def _phase_of(a, kind: str, seqs: pd.Series) -> str | None:
         return None
     decode = tokens["n_tokens"] == tokens["n_seqs"].fillna(1)
     return "decode" if decode.all() else "prefill" if not decode.any() else None
+
+
+# -- the measurement itself ----------------------------------------------------------------------------------------
+
+# Steps this far from their neighbours' median make a run's times unreliable. The H200 runs of
+# datasets/h200-bench-doctor, on a quiet machine, scatter at most 2.7% around it with at most 6.3% outliers (4 of a
+# draft's 64 steps; 0-4% elsewhere). The default model's CPU decode on this project's 2-core machine scattered 1.2%
+# with no outliers alone, and with one or two busy processes beside it 9.7-12.5% with 8.5-28% outliers (the slowest
+# 16-23x): tests/test_noise.py records both. The clean CPU sweeps of datasets/cpu, recorded on this shared machine,
+# scatter 6.8-7.8% with at most 4.3% outliers and stay below. An info, not a warning: it is about the measurement, not the engine, and
+# the verdicts it doubts keep their own thresholds.
+NOISY_SCATTER = 0.10
+NOISY_OUTLIER_SHARE = 0.08
+# Other processes using this share of the engine's cores while it measured is a busy machine.
+BUSY_OTHERS_SHARE = 0.25
+
+
+def is_noisy(noise: dict) -> bool:
+    """Whether a series' noise (gpuscope.analysis.noise.noise_of) makes its times unreliable."""
+    return noise["scatter_share"] >= NOISY_SCATTER or (noise["outlier_share"] >= NOISY_OUTLIER_SHARE
+                                                       and noise["outliers"] >= MIN_STEPS)
+
+
+def recorded_load(a, config: str | None) -> dict | None:
+    """What else ran while a configuration measured, as its session recorded it (gpuscope.session.load); None
+    where the trace does not record it."""
+    for run in a.trace.meta.get("runs") or []:
+        if config is not None and any(str(c.get("label")) == config for c in run.get("configs") or []):
+            return run.get("load")
+    return a.trace.meta.get("load")
+
+
+@rule("measurement.noisy")
+def noisy_measurement(a) -> list[Finding]:
+    findings = []
+    for row in step_noise(a.steps).itertuples():
+        if not is_noisy(row._asdict()):
+            continue
+        load = recorded_load(a, row.config)
+        busy = load is not None and load["others_share"] >= BUSY_OTHERS_SHARE
+        machine = ""
+        if load is not None:
+            machine = (f"; other processes used {percent(load['others_share'])} of the engine's "
+                       f"{len(load['cpus'])} core(s) meanwhile"
+                       + (f" (load average {load['loadavg'][0]:.1f})" if load.get("loadavg") else ""))
+        findings.append(Finding(
+            severity="info",
+            statement=f"[{row.n_tokens} token(s) per step] step times are noisy: {row.outliers} of {row.steps} "
+                      f"decode steps took over {times(OUTLIER_RATIO)} their neighbours' median (the slowest "
+                      f"{times(row.worst_ratio)}) and steps scatter {percent(row.scatter_share)} around it"
+                      f"{machine}: this run's times, and verdicts that compare them, are unreliable",
+            evidence={"steps": row.steps, "median_step_ns": row.median_ns, "scatter_share": row.scatter_share,
+                      "outlier_share": row.outlier_share, "worst_ratio": row.worst_ratio,
+                      **({"load": {k: load[k] for k in ("window_s", "cpus", "loadavg", "busy_share", "own_share",
+                                                        "others_share") if k in load},
+                          "other_processes": load.get("others") or []} if load is not None else
+                         {"load": "not recorded (sessions and gpuscope record write it)"})},
+            cause=("other work on the machine competes for the engine's cores: its threads wait at each barrier "
+                   "for one that was descheduled" if busy or load is None else
+                   "the engine's own variation, or work the recorded load does not see (another machine's, the "
+                   "GPU's clocks, throttling)"),
+            actions=["measure again on a quiet machine (the busiest other processes are in the evidence)",
+                     "leave the engine cores of its own: fewer threads than free cores (n_threads), or taskset",
+                     "compare configurations in interleaved rounds (gpuscope.runs.rounds), which spread the "
+                     "machine's drift over all of them"],
+            share=None, phase="decode"))
+    return findings
 
 
 # -- configurations side by side ----------------------------------------------------------------------------------

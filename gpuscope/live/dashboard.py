@@ -7,8 +7,10 @@
     dash = gpuscope.live("/dev/shm/server.ring")   # another process's ring, e.g. llama-server under gpuscope
 
 A refresh thread reads the ring with its own reader a few times a second and updates: step time against context
-per configuration, counters (steps, reallocations, re-reserves, syncs, lost events), memory per device, the
-doctor's latest findings, and a progress bar. Pause holds the workload between two steps; Stop ends it at the next
+per configuration with its rolling median, a warning when the steps scatter as on a busy machine (the doctor's
+`measurement.noisy` thresholds), counters (steps, reallocations, re-reserves, syncs, lost events), memory held now
+per device (the last held once everything is freed) and each configuration's last and peak memory, the doctor's
+latest findings, and a progress bar. Pause holds the workload between two steps; Stop ends it at the next
 step boundary (the engine is never interrupted inside a step). Attached to another process's ring, Pause freezes
 the display and Stop detaches; the other process is never touched.
 """
@@ -26,19 +28,25 @@ import plotly.graph_objects as go
 from IPython import get_ipython
 from IPython.display import display
 
+import pandas as pd
+
 from gpuscope.analysis.facade import Analysis
-from gpuscope.doctor.rules import diagnose
+from gpuscope.analysis.noise import OUTLIER_RATIO, noise_of, rolling_level
+from gpuscope.doctor.rules import diagnose, is_noisy
 from gpuscope.errors import ReportError
-from gpuscope.live.events import held_now
+from gpuscope.live.events import held_now, memory_per_config
 from gpuscope.live.sources import Steps, source_for
 from gpuscope.plots.style import category_color, config_colors
 from gpuscope.runs.verify import DEFAULT_ROUNDS, verify
 from gpuscope.session.workloads import sweep_loop
 from gpuscope.trace.model import Trace
 from gpuscope.trace.ringtap import RingTap
-from gpuscope.units import MIB, duration, number
+from gpuscope.markup import table
+from gpuscope.units import MIB, duration, number, share, times
 
 MAX_POINTS_PER_SERIES = 20_000  # the oldest points of a very long run leave the plot, not the trace
+REFRESH_BOUND_S = 60.0  # the longest wait() waits for the last refresh once the workload ended
+MEDIAN = " · rolling median"  # the name of a configuration's median line, after its own
 _SEVERITY_COLORS = {"critical": "#cf222e", "warning": "#bf8700", "info": "#0969da"}
 
 
@@ -120,11 +128,13 @@ class Dashboard:
             template="plotly_white", title="Memory held now", height=380, width=420, barmode="stack",
             yaxis_title="MiB", legend=dict(orientation="h", y=-0.15), margin=dict(l=60, r=20, t=50, b=50),
             uirevision="live"))
+        self.noise_html = w.HTML("")  # the warning that the machine looks busy, while it does
+        self.memory_html = w.HTML("")  # each configuration's last and peak memory, kept after it freed them
         self.findings_html = w.HTML("<i>findings appear after the first steps</i>")
         self.widget = w.VBox([
             self.title, w.HBox([self.progress, self.pause_button, self.stop_button, self.verify_button, self.status]),
-            self.counters,
-            w.HBox([self.step_figure, self.memory_figure]), self.findings_html])
+            self.counters, self.noise_html,
+            w.HBox([self.step_figure, self.memory_figure]), self.memory_html, self.findings_html])
 
     def display(self) -> None:
         if get_ipython() is not None:
@@ -221,7 +231,8 @@ class Dashboard:
             if self._worker.is_alive():
                 raise TimeoutError(f"the workload is still running after {timeout} s")
         self._closing.set()
-        self._refresher.join(max(5.0, 4 * self.interval_s + self.findings_every_s))
+        # the last refresh runs the doctor on the whole run: seconds on a loaded machine (a bound, not a deadline)
+        self._refresher.join(max(REFRESH_BOUND_S, 4 * self.interval_s + self.findings_every_s))
         if self.error is not None:
             raise self.error
         return self.result
@@ -280,18 +291,38 @@ class Dashboard:
             return 0
         fig = self.step_figure
         colors = config_colors(steps.series)
+        noisy = {}
         with fig.batch_update():
             drawn = {trace.name: trace for trace in fig.data}
             for key, (x, y, hover) in steps.series.items():
                 name = html.escape(key, quote=False)
                 x, y, hover = x[-MAX_POINTS_PER_SERIES:], y[-MAX_POINTS_PER_SERIES:], hover[-MAX_POINTS_PER_SERIES:]
+                level = rolling_level(y).tolist()
                 if name in drawn:
                     drawn[name].update(x=x, y=y, hovertext=[html.escape(h, quote=False) for h in hover])
+                    drawn[name + MEDIAN].update(x=x, y=level)
                 else:
                     fig.add_scatter(x=x, y=y, mode="markers", name=name, hoverinfo="text",
                                     hovertext=[html.escape(h, quote=False) for h in hover],
                                     marker=dict(size=6, color=colors[key], opacity=0.8))
+                    fig.add_scatter(x=x, y=level, mode="lines", name=name + MEDIAN, hoverinfo="skip",
+                                    line=dict(color=colors[key], width=2))
+                noise = noise_of(y)
+                if noise is not None and is_noisy(noise):
+                    noisy[key] = noise
+        self._show_noise(noisy)
         return steps.new
+
+    def _show_noise(self, noisy: dict[str, dict]) -> None:
+        """Say so while a configuration's steps scatter as a busy machine makes them."""
+        if not noisy:
+            self.noise_html.value = ""
+            return
+        parts = "; ".join(f"<b>{html.escape(key)}</b>: {n['outliers']} of {n['steps']} steps over "
+                          f"{times(OUTLIER_RATIO)} their neighbours' median, scatter {share(n['scatter_share'])}"
+                          for key, n in noisy.items())
+        self.noise_html.value = (f"<span style='color:#bf8700'>&#9888; step times are noisy ({parts}): the machine "
+                                 "looks busy, and these measurements are unreliable</span>")
 
     def _update_counters(self, tap: RingTap | None, steps: Steps) -> None:
         counts = tap.counts if tap is not None else {}
@@ -318,8 +349,19 @@ class Dashboard:
 
     def _update_memory(self, tap: RingTap) -> None:
         self._memory_at_buffers = tap.counts.get("buffer", 0)
-        held = held_now(tap.table("buffer"))
+        buffer = tap.table("buffer")
+        rows = self.rows
+        if rows:
+            steps = pd.DataFrame(rows, columns=["config", "t_begin_ns", "t_end_ns"])
+            per_config = memory_per_config(buffer, steps)
+            self.memory_html.value = ("<b>Memory per configuration</b> (held at its last step, and its peak)"
+                                      + table(per_config) if len(per_config) else "")
+        held = held_now(buffer)
         fig = self.memory_figure
+        if not len(held):  # everything freed (a sweep's sessions closed): the last bars stay, said so
+            fig.layout.title.text = "Memory last held (none held now)"
+            return
+        fig.layout.title.text = "Memory held now"
         owners = list(dict.fromkeys(held["owner"]))
         raw_locations = list(dict.fromkeys(held["location"]))
         locations = [html.escape(str(v), quote=False) for v in raw_locations]

@@ -2,16 +2,12 @@
 of text from a trace escaped (a tensor name is data, never markup)."""
 from __future__ import annotations
 
-import html
-from typing import Iterable
-
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from gpuscope.units import as_table, human, label, value
+from gpuscope.markup import PARTS_STYLE, esc, pairs, table  # noqa: F401 (the report's pieces, from one home)
 
-STYLE = """
+STYLE = PARTS_STYLE + """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1f2328; background: #fafbfc; }
 header { background: #24292f; color: #fff; padding: 18px 32px; }
 header h1 { margin: 0 0 4px 0; font-size: 22px; }
@@ -25,43 +21,8 @@ table { border-collapse: collapse; margin: 6px 0 12px 0; font-size: 13px; }
 td, th { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
-.finding { border-left: 5px solid #888; padding: 6px 14px; margin: 12px 0; background: #fcfcfc; }
-.finding.critical { border-color: #cf222e; } .finding.warning { border-color: #bf8700; }
-.finding.info { border-color: #0969da; }
-.finding[data-from] { cursor: pointer; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: #fff;
-         margin-right: 6px; }
-.wide { overflow-x: auto; }
-.badge.critical { background: #cf222e; } .badge.warning { background: #bf8700; } .badge.info { background: #0969da; }
-.muted { color: #57606a; font-size: 13px; }
-.verdict { font-weight: 600; }
-details summary { cursor: pointer; color: #0969da; font-size: 13px; }
 nav a { margin-right: 14px; font-size: 13px; color: #0969da; text-decoration: none; }
 """
-
-
-def esc(value) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def table(frame: pd.DataFrame, *, max_rows: int = 200, unit_name: str = "") -> str:
-    """A DataFrame as an HTML table in human units (gpuscope.units.human), every cell escaped."""
-    if frame is None or not len(frame):
-        return "<p class='muted'>(none)</p>"
-    shown = human(frame.head(max_rows), unit_name=unit_name)
-    more = f"<p class='muted'>{len(frame) - max_rows} more rows not shown</p>" if len(frame) > max_rows else ""
-    return "<div class='wide'>" + shown.to_html(index=False, escape=True, border=0) + "</div>" + more
-
-
-def pairs(items: Iterable[tuple[str, object]]) -> str:
-    """A two-column key / value table: each value in the unit its key names, a value that is a table (a list of
-    records, a dict of dicts) as a small table of its own; everything escaped."""
-    rows = []
-    for key, item in items:
-        nested = as_table(item)
-        shown = table(nested, unit_name=str(key)) if nested is not None else f"<span>{esc(value(item, key))}</span>"
-        rows.append(f"<tr><th>{esc(label(key))}</th><td>{shown}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>" if rows else "<p class='muted'>(not recorded)</p>"
 
 
 def figure_div(fig: go.Figure, div_id: str | None = None) -> str:

@@ -20,7 +20,7 @@ from gpuscope.doctor.rules import diagnose, headline
 from gpuscope.export.perfetto import SUFFIX
 from gpuscope.plots import by_config, comparison_figures, step_time_figure, timeline_figure
 from gpuscope.report.page import esc, figure_div, page, pairs, table
-from gpuscope.report.timeline import finding_range, perfetto_block, timeline_section
+from gpuscope.report.timeline import perfetto_block, timeline_section
 from gpuscope.trace.model import Trace
 from gpuscope.units import duration
 from gpuscope.version import __version__
@@ -53,30 +53,6 @@ def _summary(a: Analysis, findings: list) -> str:
     return pairs(items)
 
 
-def _finding(f, anchor: str = "", t0_ns: int | None = None) -> str:
-    share = "".join(f" &middot; {esc(part)}" for part in (f.config and f"configuration {f.config}", f.phase,
-                                                          f.saving_text()) if part)
-    evidence = pairs(f.evidence.items())
-    actions = "".join(f"<li>{esc(action)}</li>" for action in f.actions)
-    rows = ""
-    if len(f.rows):
-        label = f"{f.rows_kind} rows" if f.rows_kind else "rows"
-        rows = (f"<details><summary>{esc(label)} behind it ({len(f.rows)})</summary>"
-                f"{table(f.rows, max_rows=50)}</details>")
-    checked = ""
-    if f.verified is not None:
-        predicted = f.saving_text() or "no estimate"
-        checked = (f"<p><b>Predicted:</b> {esc(predicted)} &middot; <b>Verified:</b> {esc(f.verified_text())}</p>")
-    where = f" id='{esc(anchor)}'" if anchor else ""
-    span, on_timeline = finding_range(f, t0_ns)
-    return (f"<div class='finding {esc(f.severity)}'{where}{span}><h3>"
-            f"<span class='badge {esc(f.severity)}'>{esc(f.severity)}</span><code>{esc(f.id)}</code>"
-            f"<span class='muted'>{share}</span></h3><p>{esc(f.statement)}</p>"
-            f"{checked}{on_timeline}"
-            f"<p><b>Likely cause:</b> {esc(f.cause)}</p><p><b>What to try:</b></p><ul>{actions}</ul>"
-            f"<details><summary>evidence</summary>{evidence}</details>{rows}</div>")
-
-
 def _verdict(a: Analysis, findings: list) -> str:
     """The doctor's one sentence, then the configurations side by side when there are several."""
     lead = f"<p class='verdict'><b>{esc(headline(a, findings))}</b></p>"
@@ -90,7 +66,7 @@ def _verdict(a: Analysis, findings: list) -> str:
 def _findings(findings: list, t0_ns: int) -> str:
     if not findings:
         return "<p>No findings: none of the doctor's rules saw a problem in this trace.</p>"
-    return "".join(_finding(f, t0_ns=t0_ns) for f in findings)
+    return "".join(f.to_html(t0_ns=t0_ns) for f in findings)
 
 
 def _configuration(a: Analysis) -> str:
@@ -219,38 +195,17 @@ def compare_html(comparison, *, title: str | None = None) -> str:
     verdicts as speed-ups, the findings that appeared or disappeared (linked to their cards), the plots on shared
     axes, and every table."""
     c = comparison
-    (label_a, label_b), (name_a, name_b) = c.labels, c.names
-    traces = pairs([(label_a, f"{name_a} ({c.a.trace.path})"), (label_b, f"{name_b} ({c.b.trace.path})")])
-    differs = table(c.differences) if len(c.differences) else \
-        "<p class='muted'>Nothing their meta.json records differs (build, configuration, command, model).</p>"
-    lines = c.verdict_lines()
-    verdict = ("<ul>" + "".join(f"<li class='verdict'>{esc(line)}</li>" for line in lines) + "</ul>" if lines
-               else "<p>No step-time difference whose 95% interval excludes zero.</p>")
+    name_a, name_b = c.names
     figures = comparison_figures(c)
     plots = "".join(figure_div(fig) for fig in figures.values())
-    sections = [("traces", "Traces", traces + "<h3>What differs</h3>" + differs),
-                ("verdict", "Verdict", verdict), ("findings", "Findings", _finding_changes(c)),
+    sections = [("traces", "Traces", c.traces_html()), ("verdict", "Verdict", c.verdict_html()),
+                ("findings", "Findings", c.findings_html()),
                 ("plots", "Plots", plots)]
     sections += [(f"table{i}", heading, table(frame)) for i, (heading, frame) in enumerate(c.sections())
                  if heading != "Findings"]
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return page(title or f"gpuscope compare: {name_a} against {name_b}", f"gpuscope {__version__}, {created}",
                 sections)
-
-
-def _finding_changes(c) -> str:
-    """What appeared and what disappeared, each linked to its card; then the cards of both traces."""
-    if not len(c.findings):
-        return "<p>No findings in either trace.</p>"
-    labels = dict(zip("ab", c.labels))
-    items = "".join(
-        f"<li><b>{esc(r.change)}</b> ({esc(r.severity)}{', ' + esc(r.config) if r.config else ''}): "
-        f"<a href='#finding-{r.trace}-{r.index}'><code>{esc(r.id)}</code></a> in {esc(labels[r.trace])}</li>"
-        for r in c.findings.itertuples())
-    cards = "".join(f"<h3>Findings of {esc(labels[key])}</h3>" + "".join(
-        _finding(f, anchor=f"finding-{key}-{i}") for i, f in enumerate(findings)) if findings else ""
-        for key, findings in (("a", c.findings_a), ("b", c.findings_b)))
-    return f"<ul>{items}</ul>{cards}"
 
 
 def write_compare_report(comparison, out: str | os.PathLike, *, title: str | None = None) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from gpuscope.errors import CollectorUnavailableError
 from gpuscope.export.perfetto import EMBED_LIMIT, SUFFIX, download_html, perfetto_bytes
 from gpuscope.report.page import esc, figure_div
-from gpuscope.units import number, size
+from gpuscope.units import size
 
 TIMELINE_ID = "gpuscope-timeline"
 
@@ -33,17 +33,6 @@ _SCRIPT = """<script type='text/javascript'>(function () {
     });
   });
 })();</script>"""
-
-
-def finding_range(finding, t0_ns: int | None) -> tuple[str, str]:
-    """The attributes and the line of a finding card that link it to its span on the timeline (empty where it has
-    none)."""
-    if t0_ns is None or not finding.time_range_ns:
-        return "", ""
-    start, end = ((t - t0_ns) / 1e9 for t in finding.time_range_ns)
-    return (f" data-from='{esc(repr(start))}' data-to='{esc(repr(end))}'",
-            f"<p class='muted on-timeline'>On the timeline: {esc(number(start))} to {esc(number(end))} s "
-            "(click the card to show it)</p>")
 
 
 def perfetto_block(analysis, beside: Path | None) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from gpuscope.engine.build import find_build
 from gpuscope.errors import GpuscopeError, RingError
 from gpuscope.ring.schema import load_schema
+from gpuscope.session.load import load_since, snapshot
 from gpuscope.session.processes import die_with_parent, how_it_ended
 from gpuscope.trace.model import Trace
 from gpuscope.trace.model_bytes import command_model
@@ -159,6 +160,7 @@ class _Recording:
         self.command, self.out, self.quiet = command, out, quiet
         self.tap = RingTap(ring_path)
         self.started = time.time()
+        self._load_from = snapshot()  # what else runs on the machine while the program is recorded
         self.meta = {
             "gpuscope_version": __version__, "source": "record", "command": command, "program": program,
             "started_realtime_s": self.started, "duration_s": 0.0, "exit": None,
@@ -263,7 +265,8 @@ class _Recording:
     def finish(self, returncode: int, stdout_text: str | None) -> Trace:
         self._drain()
         tables, ring_meta = self.tap.finish(drain=False)
-        extra = {"exit": how_it_ended(returncode), "recording": {**self.meta["recording"], "state": COMPLETE}}
+        extra = {"exit": how_it_ended(returncode), "recording": {**self.meta["recording"], "state": COMPLETE},
+                 "load": load_since(self._load_from)}  # the program, reaped by now, counts as the recorder's own
         if self.interrupted is not None:
             extra["interrupted"] = self.interrupted
         if stdout_text is not None:

@@ -34,6 +34,7 @@ from gpuscope.session.assemble import build_trace, steps_frame
 from gpuscope.session.binding import EngineBuild, load_binding, resolve_engine
 from gpuscope.session.config import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, SplitConfig
 from gpuscope.session.ggml import Device, Ggml
+from gpuscope.session.load import load_since, snapshot
 from gpuscope.session.model_info import ModelInfo, read_model_info
 from gpuscope.session.rpc import LocalRpcServers
 from gpuscope.session.scratch import new_ring_path, remove_leftovers
@@ -252,6 +253,8 @@ class Session:
                  ring_path: str | os.PathLike | None = None, ring_capacity: int | None = None,
                  rpc_threads: int | None = None, verbose: bool = False, collect_events: bool = True):
         remove_leftovers()
+        self._load_from = snapshot()  # what else runs on the machine while this session measures
+        self._load: dict | None = None  # frozen when the session closes
         self.config = config or SplitConfig()
         self.build = resolve_engine(engine)
         self.model_info = read_model_info(model if model is not None else default_model())
@@ -495,7 +498,12 @@ class Session:
         return {"source": "session", "configs": [{**self.config.to_dict(), "label": self.label}],
                 "model": models["target"], "models": models,
                 "devices": [{"name": d.name, "kind": d.kind, "description": d.description} for d in self.devices or []],
+                "load": self._load if self._closed else self._load_so_far(),
                 **standalone_meta(self.model_info.path, self.build.meta)}
+
+    def _load_so_far(self) -> dict | None:
+        helpers = [server.process.pid for server in self._rpc.servers] if self._rpc is not None else []
+        return load_since(self._load_from, helpers)
 
     def trace(self, *, tables: dict[str, pd.DataFrame] | None = None, **meta) -> Trace:
         """Steps, events of every process, and metadata (extra `meta` keys, e.g. workload=...)."""
@@ -525,6 +533,7 @@ class Session:
         """Free the contexts and models, stop the RPC servers, and freeze the trace (still readable)."""
         if self._closed:
             return
+        self._load = self._load_so_far()
         self._closed = True
         atexit.unregister(self.close)
         for context in self._contexts.values():

@@ -88,6 +88,9 @@ META = _Object({
     "processes": _Each(_Object({"pid": int, "ring": _RING, "exit": _EXIT})), "workload": dict,
     "kernels": _Each(_KERNELS), "stacks": _Each(_STACKS), "bandwidth_gbps": _Each(_NUMBER),
     "machine": _Object({"system": str, "cpu": str, "cpu_cores": int, "memory_bytes": int, "gpu": str}),
+    "load": _Object({"window_s": _NUMBER, "cpus": [int], "loadavg": [_NUMBER], "busy_share": _NUMBER,
+                     "own_share": _NUMBER, "others_share": _NUMBER,
+                     "others": [_Object({"pid": int, "name": str, "cpu_s": _NUMBER})]}),
     "failed": list})
 META.fields["runs"] = [META]  # a sweep keeps each configuration's own meta
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from gpuscope.errors import TraceError
+from gpuscope.markup import notebook, pairs, table
 from gpuscope.ring.schema import load_schema
 from gpuscope.trace.format import META_MAX_BYTES, check_table, parse_meta, read_table
 
@@ -44,6 +45,22 @@ class Trace:
             raise KeyError(f"unknown event kind {kind!r}; known: {sorted(schema.kinds.values())}")
         columns = ["seq", "ts_ns", "tid", "device"] + [f.name for f in schema.payload(kind).fields]
         return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
+
+    def _repr_html_(self) -> str:
+        """The trace in a notebook: where it came from, what ran, and its events per kind."""
+        meta, ring = self.meta, self.meta.get("ring") or {}
+        model = meta.get("model")
+        facts = [("trace", self.path or "in memory"), ("made by", meta.get("source")),
+                 ("engine", (meta.get("engine") or {}).get("name")),
+                 ("model", model.get("name") or model.get("path") if isinstance(model, dict) else model),
+                 ("configurations", [c.get("label") for c in meta.get("configs") or []] or None),
+                 ("devices", ring.get("devices") or None), ("events written", ring.get("written")),
+                 ("events lost", ring.get("lost")), ("crashed", meta.get("crashed"))]
+        kinds = sorted(self.tables)
+        counts = pd.DataFrame({"kind": kinds, "events": [len(self.tables[kind]) for kind in kinds]})
+        name = Path(str(self.path)).name if self.path else "in memory"
+        return notebook(f"gpuscope trace {name}", pairs([(k, v) for k, v in facts if v is not None])
+                        + "<h3>Events per kind</h3>" + table(counts))
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{kind}={len(frame)}" for kind, frame in sorted(self.tables.items()))
