@@ -27,9 +27,9 @@ from IPython import get_ipython
 from IPython.display import display
 
 from gpuscope.analysis.facade import Analysis
+from gpuscope.analysis.memory import held_now
 from gpuscope.doctor.rules import diagnose
 from gpuscope.errors import ReportError
-from gpuscope.live.events import held_now
 from gpuscope.live.sources import Steps, source_for
 from gpuscope.plots.style import category_color, config_colors
 from gpuscope.runs.verify import DEFAULT_ROUNDS, verify
