@@ -109,7 +109,7 @@ def measure(program: str | os.PathLike, model: str | os.PathLike, *, rounds: int
     with tempfile.TemporaryDirectory(prefix="gpuscope-bench-metrics-") as folder:
         ring = Path(folder) / "server.ring"
         windows: list[tuple[str, int, int]] = []
-        cost = {"cpu_s": 0.0, "polls": 0, "scrape_s": [], "scrape_bytes": 0}
+        cost = {"cpu_s": 0.0, "polls": 0, "scrape_s": [], "scrape_bytes": 0, "series": 0}
         with LlamaServer(program, model, ring) as server:
             server.complete(PROMPT, 8)  # warm-up: the first requests pay one-time costs
             for round_index in range(rounds):
@@ -127,6 +127,7 @@ def measure(program: str | os.PathLike, model: str | os.PathLike, *, rounds: int
                         text = following.exporter.scrape()
                         cost["scrape_s"].append(time.perf_counter() - scrape_began)
                         cost["scrape_bytes"] = len(text)
+                        cost["series"] = sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
                         following.exporter.close()
             with RingReader(ring) as reader:
                 tables = reader.read_all()
@@ -152,7 +153,7 @@ def measure(program: str | os.PathLike, model: str | os.PathLike, *, rounds: int
         "cpu_ms_per_poll": cost["cpu_s"] * 1e3 / max(cost["polls"], 1),
         "cpu_us_per_step": cost["cpu_s"] * 1e6 / max(followed, 1),
         "scrape_ms": float(np.median(cost["scrape_s"]) * 1e3) if cost["scrape_s"] else None,
-        "scrape_bytes": cost["scrape_bytes"],
+        "scrape_bytes": cost["scrape_bytes"], "series": cost["series"],
     }
     decode_with = result["arms"]["with"]["decode"]["median_ms"]
     result["exporter"]["share_of_decode_step"] = (result["exporter"]["cpu_us_per_step"] / 1e3 / decode_with

@@ -242,7 +242,7 @@ def _metrics(args) -> int:
           f"{cost['polls']} polls ({duration(cost['cpu_ms_per_poll'] * 1e6)} per poll) for {cost['steps_followed']} engine "
           f"steps: {duration(cost['cpu_us_per_step'] * 1e3)} per step, {percent(cost['share_of_decode_step'])} of a "
           "decode step")
-    print(f"a scrape: {duration(cost['scrape_ms'] * 1e6)}, {size(cost['scrape_bytes'])}")
+    print(f"a scrape: {duration(cost['scrape_ms'] * 1e6)}, {size(cost['scrape_bytes'])}, {cost['series']} series")
     return 0
 
 

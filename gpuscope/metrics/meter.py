@@ -5,7 +5,7 @@ gpuscope.analysis.fa_routes, events put in their step by gpuscope.trace.steps.
 
 A step's events may arrive over two polls, so the events of steps not finished yet are kept (and only those): a
 step is finished once synchronized, or once returned and followed by another step of its thread or older than
-`SETTLE_NS` (a program that never synchronizes); steps are looked at once a second at most. Every other kind is counted as it arrives; what is kept is bounded
+`SETTLE_NS` (a program that never synchronizes); steps are assembled every `STEPS_EVERY_NS` at most. Every other kind is counted as it arrives; what is kept is bounded
 by the steps in flight, the buffers alive and the last minute of re-plans.
 """
 from __future__ import annotations
@@ -28,9 +28,10 @@ STEP_KINDS = ("decode_begin", "ubatch", "decode_submitted", "decode_synced")
 KINDS = frozenset(STEP_KINDS) | {"gallocr_realloc", "sched_reserve", "fa_plan", "op_placement", "sync", "copy",
                                  "buffer"}
 SETTLE_NS = 2_000_000_000
-# steps are looked at once a second at most: assembling them costs about 10 ms whatever their number (pandas), a
-# poll's other work a few
-STEPS_EVERY_NS = 1_000_000_000
+# steps are assembled every 5 s at most (a scrape comes every 15 s or so): step_table costs 10-50 ms on this 2-core
+# machine whatever the number of steps (pandas merges), measured while following a llama-server, a poll's other
+# work a few ms
+STEPS_EVERY_NS = 5_000_000_000
 REPLAN_MEMORY_NS = 60_000_000_000  # re-plans kept to be put in their steps, which finish within seconds
 REPLAN_STEPS = 8  # "re-plans every step": this many finished steps in a row re-planned
 
