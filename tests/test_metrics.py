@@ -24,6 +24,7 @@ import pytest
 from gpuscope.analysis.facade import Analysis
 from gpuscope.analysis.memory import held_now
 from gpuscope.analysis.steps import is_decode
+from gpuscope.bench import metrics as metrics_bench
 from gpuscope.metrics.exporter import Exporter
 from gpuscope.metrics.meter import Meter
 from gpuscope.metrics.series import Series, definitions, exported_names
@@ -258,27 +259,17 @@ def _number(port: int, query: str) -> float:
     return sum(float(item["value"][1]) for item in result)
 
 
-def _completion(port: int, prompt: str, n_predict: int) -> str:
-    body = json.dumps({"prompt": prompt, "n_predict": n_predict, "cache_prompt": False}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", body,
-                                     {"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(request, timeout=120).read())["content"]
-
-
 @pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus server is not installed "
                                                "(apt-get install prometheus): the scrape is not proved")
 def test_prometheus_scrapes_the_exporter_of_a_real_llama_server(tmp_path, engine_build, gemma):
     ring, captures = tmp_path / "server.ring", tmp_path / "captures"
-    server_port, exporter_port, prometheus_port = free_port(), free_port(), free_port()
+    exporter_port, prometheus_port = free_port(), free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
                       f"  - job_name: gpuscope\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n")
     processes = []
+    server = metrics_bench.LlamaServer(engine_build.program("llama-server"), gemma, ring)
     try:
-        processes.append(subprocess.Popen(
-            [str(engine_build.program("llama-server")), "-m", str(gemma), "--port", str(server_port), "-c", "1024",
-             "-t", "2", "-np", "1"], env={**os.environ, "GPUSCOPE_RING": str(ring)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         exporter = subprocess.Popen(
             [*GPUSCOPE, "metrics", str(ring), str(tmp_path / "more-*.ring"), "--port", str(exporter_port),
              "--interval", "0.25", "--capture-dir", str(captures), "--capture-step-ms", "0.001",
@@ -289,16 +280,8 @@ def test_prometheus_scrapes_the_exporter_of_a_real_llama_server(tmp_path, engine
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prometheus_port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-        def healthy() -> bool:
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{server_port}/health", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 120, "llama-server to serve")
         for index in range(4):  # the bounded client loop
-            assert _completion(server_port, f"Request {index}: tell me about the sea.", 24)
+            assert server.complete(f"Request {index}: tell me about the sea.", 24)
         wait_for(lambda: _prometheus_query(prometheus_port, 'up{job="gpuscope"} == 1'), 60,
                  "Prometheus to scrape the exporter")
         decode = 'gpuscope_step_seconds_count{phase="decode",ring="server"}'
@@ -332,8 +315,8 @@ def test_prometheus_scrapes_the_exporter_of_a_real_llama_server(tmp_path, engine
                 answered += bool(answer["data"]["result"])
         assert answered >= 10
 
-        processes[0].send_signal(signal.SIGSEGV)  # the engine crashes: its ring says so, the exporter captures
-        processes[0].wait(30)
+        server.process.send_signal(signal.SIGSEGV)  # the engine crashes: its ring says so, the exporter captures
+        server.process.wait(30)
         wait_for(lambda: _number(prometheus_port, 'gpuscope_captures_total{reason="crash"}') == 1, 30,
                  "the crash capture in Prometheus")
         assert _number(prometheus_port, 'gpuscope_writer_state{state="crashed"}') == 1
@@ -343,6 +326,7 @@ def test_prometheus_scrapes_the_exporter_of_a_real_llama_server(tmp_path, engine
         slow = load_trace(next(captures.glob("server-slow_step-*.trace")))
         assert slow.meta["model_bytes"] and slow.meta["engine"]["ggml_ops"]  # it stands alone
     finally:
+        server.close()
         for process in processes:
             if process.poll() is None:
                 process.terminate()
@@ -352,3 +336,12 @@ def test_prometheus_scrapes_the_exporter_of_a_real_llama_server(tmp_path, engine
                     process.kill()
                     process.wait()
     assert exporter.returncode == 0, exporter.stderr.read()[-2000:]
+
+
+def test_bench_metrics_measures_both_arms_and_the_exporter(engine_build, gemma):
+    result = metrics_bench.measure(engine_build.program("llama-server"), gemma, rounds=1, requests=1, n_predict=8)
+    for arm in ("without", "with"):
+        assert result["arms"][arm]["decode"]["steps"] >= 7 and result["arms"][arm]["decode"]["median_ms"] > 0
+    cost = result["exporter"]
+    assert cost["polls"] >= 1 and cost["cpu_s"] > 0 and cost["steps_followed"] >= 8
+    assert 0 < cost["share_of_a_core"] < 1 and cost["series"] > 50

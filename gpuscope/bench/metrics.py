@@ -148,8 +148,10 @@ def measure(program: str | os.PathLike, model: str | os.PathLike, *, rounds: int
                                        if (mine["phase"] == phase).any() else None}
                                for phase in ("decode", "prefill")}
     followed = int((steps["arm"] == "with").sum())
+    followed_s = sum(ended - began for arm, began, ended in windows if arm == "with") / 1e9
     result["exporter"] = {
-        "cpu_s": cost["cpu_s"], "polls": cost["polls"], "steps_followed": followed,
+        "cpu_s": cost["cpu_s"], "polls": cost["polls"], "steps_followed": followed, "followed_s": followed_s,
+        "share_of_a_core": cost["cpu_s"] / followed_s if followed_s else None,
         "cpu_ms_per_poll": cost["cpu_s"] * 1e3 / max(cost["polls"], 1),
         "cpu_us_per_step": cost["cpu_s"] * 1e6 / max(followed, 1),
         "scrape_ms": float(np.median(cost["scrape_s"]) * 1e3) if cost["scrape_s"] else None,

@@ -1,6 +1,7 @@
 """`gpuscope bench ...`: benchmarks that print their figures (gpuscope.bench): the ring's emit cost and drain
 throughput, the engine's decode throughput with and without hooks, analysis time against event count, the live
-dashboard's cost to the engine, and SQL query time against the number of traces."""
+dashboard's cost to the engine, SQL query time against the number of traces, and the Prometheus exporter's cost
+against the engine's step time."""
 from __future__ import annotations
 
 import json
@@ -238,10 +239,11 @@ def _metrics(args) -> int:
         plain, followed = arms["without"][phase], arms["with"][phase]
         print(f"{phase:<12} {plain['steps']:>15} {_ms(plain['median_ms']):>10} {followed['steps']:>12} "
               f"{_ms(followed['median_ms']):>10}")
-    print(f"exporter (polling every {result['interval_s']:g} s): {duration(cost['cpu_s'] * 1e9)} of CPU over "
-          f"{cost['polls']} polls ({duration(cost['cpu_ms_per_poll'] * 1e6)} per poll) for {cost['steps_followed']} engine "
-          f"steps: {duration(cost['cpu_us_per_step'] * 1e3)} per step, {percent(cost['share_of_decode_step'])} of a "
-          "decode step")
+    print(f"exporter (polling every {result['interval_s']:g} s): {duration(cost['cpu_s'] * 1e9)} of CPU in "
+          f"{duration(cost['followed_s'] * 1e9)} followed ({percent(cost['share_of_a_core'])} of a core), "
+          f"{cost['polls']} polls ({duration(cost['cpu_ms_per_poll'] * 1e6)} each)")
+    print(f"per engine step ({cost['steps_followed']} followed): {duration(cost['cpu_us_per_step'] * 1e3)} of the "
+          f"exporter's CPU, {percent(cost['share_of_decode_step'])} of the median decode step")
     print(f"a scrape: {duration(cost['scrape_ms'] * 1e6)}, {size(cost['scrape_bytes'])}, {cost['series']} series")
     return 0
 
