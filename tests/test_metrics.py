@@ -234,13 +234,23 @@ def test_a_port_in_use_is_one_line_and_nothing_serves(tmp_path):
                                                 "exporter or program serves there (choose another with --port)"]
 
 
-def test_a_capture_folder_that_cannot_be_made_is_one_line(tmp_path):
+@pytest.mark.parametrize("options, said", [
+    (["--capture-dir", "{blocker}/sub"], "cannot make the folder {blocker}/sub for the trace"),
+    (["--capture-dir", "{tmp}/c", "--capture-on", "crash,bogus"], "unknown capture condition 'bogus'"),
+    (["--capture-dir", "{tmp}/c", "--capture-seconds", "0"], "capture seconds must be positive"),
+    (["--port", "99999"], "'99999' is not a port"),
+])
+def test_bad_options_are_one_line_and_nothing_serves(tmp_path, options, said):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    done = subprocess.run([*GPUSCOPE, "metrics", "--capture-dir", str(blocker / "sub"), "--port", str(free_port()),
-                           "--duration", "1"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert f"cannot make the folder {blocker / 'sub'} for the trace" in done.stderr
+    options = [part.format(blocker=blocker, tmp=tmp_path) for part in options]
+    port = ["--port", str(free_port())] if "--port" not in options else []
+    done = subprocess.run([*GPUSCOPE, "metrics", *port, *options, "--duration", "1"], capture_output=True, text=True,
+                          timeout=60)
+    # one line of error (argparse's usage lines come before its own)
+    errors = [line for line in done.stderr.strip().splitlines() if "error:" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert said.format(blocker=blocker) in errors[0] and done.stderr.strip().endswith(errors[0]), done.stderr
 
 
 # -- Prometheus scraping the exporter of a real llama-server ---------------------------------------------------

@@ -2,6 +2,7 @@
 captures of the last seconds of a ring when a condition fires."""
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
 from pathlib import Path
@@ -33,6 +34,16 @@ def _run(args) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535; 0: any free one)")
+    return port
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "metrics", help="serve the engine's hook events as Prometheus metrics",
@@ -44,7 +55,7 @@ def register(subparsers) -> None:
                         help="ring paths (followed once they exist), glob patterns or folders of *.ring files "
                              "(looked at again every 2 s); default: every *.ring in the ring folder "
                              f"({ring_dir()})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, metavar="S",

@@ -104,7 +104,7 @@ class RingFollower:
             reader = open_when_ready(self.path)
         except RingError as exc:
             self._bad_identity = identity
-            self._set_state("error", f"not followed: {exc}")
+            self._set_state("error", f"not followed: {self._reason(exc)}")
             return False
         if reader is None:
             return False
@@ -150,7 +150,7 @@ class RingFollower:
             if _identity(self.path) not in (None, self._ring_identity):  # replaced: the new ring is opened next poll
                 self._close("waiting", "replaced by a new ring; following the new one")
             else:
-                self.fail(f"stopped following: {exc}")
+                self.fail(f"stopped following: {self._reason(exc)}")
             return
         now_ns = time.monotonic_ns()
         fired: list[Fired] = []
@@ -167,7 +167,8 @@ class RingFollower:
             fired.append(Fired("crash", f"the writer (pid {status.pid}) crashed"
                                         + (f" with signal {status.crash_signal}" if status.crash_signal else "")))
         if status.state != self.state:
-            self._set_state(status.state, f"the writer (pid {status.pid}) {_STATE_WORDS.get(status.state, status.state)}")
+            words = _STATE_WORDS.get(status.state, status.state)
+            self._set_state(status.state, f"the writer (pid {status.pid}) {words}")
         if status.state != "alive" and status.pending == 0:
             fired += self._meter.finish(now_ns)
         self._captures(fired)
@@ -177,6 +178,10 @@ class RingFollower:
             self._close("gone" if at_path is None else "waiting",
                         "the ring was removed; waiting for a new one at this path" if at_path is None
                         else "replaced by a new ring; following the new one")
+
+    def _reason(self, exc: Exception) -> str:
+        """A ring error's message without the path it starts with (each line names the ring once)."""
+        return str(exc).removeprefix(f"{self.path}: ")
 
     def fail(self, message: str) -> None:
         """Stop following after an error of the exporter's own: said once, retried when another file appears."""

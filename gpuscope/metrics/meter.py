@@ -5,8 +5,9 @@ gpuscope.analysis.fa_routes, events put in their step by gpuscope.trace.steps.
 
 A step's events may arrive over two polls, so the events of steps not finished yet are kept (and only those): a
 step is finished once synchronized, or once returned and followed by another step of its thread or older than
-`SETTLE_NS` (a program that never synchronizes); steps are assembled every `STEPS_EVERY_NS` at most. Every other kind is counted as it arrives; what is kept is bounded
-by the steps in flight, the buffers alive and the last minute of re-plans.
+`SETTLE_NS` (a program that never synchronizes); steps are assembled every `STEPS_EVERY_NS` at most. Every other
+kind is counted as it arrives; what is kept is bounded by the steps in flight, the buffers alive and the last minute
+of re-plans.
 """
 from __future__ import annotations
 
