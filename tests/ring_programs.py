@@ -35,6 +35,17 @@ def wait_for_ring(path, timeout: float = 10.0) -> RingReader:
             time.sleep(0.005)
 
 
+def wait_for(condition, timeout_s: float = 60.0, what: str = "the condition"):
+    """The first true value of `condition()`, asked every 50 ms; an AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def check_marks(marks: pd.DataFrame, threads: int) -> None:
     """Producer records are whole (checksum), unique, and in each thread's own order."""
     values = marks["value"].to_numpy().astype(np.uint64)

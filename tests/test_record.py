@@ -25,6 +25,7 @@ from gpuscope.ring.schema import load_schema
 from gpuscope.session.rpc import free_port
 from gpuscope.trace.model import load_trace
 from gpuscope.trace.recover import process_alive
+from ring_programs import wait_for
 
 EMITTER = Path(__file__).with_name("record_emitter.py")
 GPUSCOPE = [sys.executable, "-m", "gpuscope.cli"]
@@ -47,16 +48,6 @@ def no_recorder_left(monkeypatch):
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def wait_for(condition, timeout_s: float = 60.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def emitter_command(tmp_path: Path, *options: str) -> list[str]:

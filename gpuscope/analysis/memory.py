@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 HOST = "CPU"
+MAPPED = " (mapped file)"  # what a buffer over a mapped model file adds to its owner's name
 
 
 def buffer_lifetimes(buffer: pd.DataFrame, runs: np.ndarray | None = None) -> pd.DataFrame:
@@ -129,3 +130,15 @@ def split_imbalance(weights_by_location: pd.Series, requested: list[float] | Non
         "tolerance": largest_layer / total if total else 0.0,
         "split_source": source,
     })
+
+
+def held_now(buffer: pd.DataFrame) -> pd.DataFrame:
+    """Bytes each location holds now, per owner (from the `buffer` events read so far): location, owner, bytes.
+    Buffers over a mapped model file count as '<owner> (mapped file)'."""
+    if not len(buffer):
+        return pd.DataFrame(columns=["location", "owner", "bytes"])
+    lifetimes = buffer_lifetimes(buffer)
+    alive = lifetimes[lifetimes["free_ns"].isna()]
+    owners = alive["owner"].astype(str).where(~alive["mapped"].astype(bool), alive["owner"].astype(str) + MAPPED)
+    held = alive.assign(owner=owners).groupby(["location", "owner"], sort=True)["size"].sum()
+    return held.rename("bytes").reset_index()

@@ -29,6 +29,11 @@ def _ints(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame[column].to_numpy(dtype=np.int64) if len(frame) else np.empty(0, np.int64)
 
 
+def is_decode(steps: pd.DataFrame) -> pd.Series:
+    """Which steps decode (one token per sequence); the others are prefill (a prompt's tokens in one batch)."""
+    return steps["n_tokens"] == steps["n_seqs"].fillna(1)
+
+
 def event_runs(frame: pd.DataFrame) -> np.ndarray:
     """The run each event belongs to in a trace combined from several: the `run` column that gpuscope.trace.combine
     adds, else a session's `config` column (sweeps written before combine added `run` to them), else 0."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from gpuscope.analysis.steps import is_decode
+
 DEPTH_GAP = 32
 MIN_GROWTH_RANGE = 1024
 _COLUMNS = ["config", "depth", "steps", "ms_per_token", "p25_ms", "p75_ms", "tokens_per_s", "growth_ms_per_1k",
@@ -20,7 +22,7 @@ _COLUMNS = ["config", "depth", "steps", "ms_per_token", "p25_ms", "p75_ms", "tok
 def decode_steps(steps: pd.DataFrame) -> pd.DataFrame:
     """Complete, timed decode steps (one token per sequence), cold starts left out."""
     keep = steps["complete"] & steps["wall_ns"].notna() & ~steps["cold_start"].astype(bool)
-    keep &= steps["n_tokens"] == steps["n_seqs"].fillna(1)
+    keep &= is_decode(steps)
     return steps[keep]
 
 

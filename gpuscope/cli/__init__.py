@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "gpuscope.cli.doctor",
     "gpuscope.cli.compare",
     "gpuscope.cli.query",
+    "gpuscope.cli.metrics",
     "gpuscope.cli.collect",
     "gpuscope.cli.report",
     "gpuscope.cli.demo",

@@ -1,6 +1,7 @@
 """`gpuscope bench ...`: benchmarks that print their figures (gpuscope.bench): the ring's emit cost and drain
 throughput, the engine's decode throughput with and without hooks, analysis time against event count, the live
-dashboard's cost to the engine, and SQL query time against the number of traces."""
+dashboard's cost to the engine, SQL query time against the number of traces, and the Prometheus exporter's cost
+against the engine's step time."""
 from __future__ import annotations
 
 import json
@@ -12,13 +13,16 @@ import pandas as pd
 from gpuscope.bench import analysis as analysis_bench
 from gpuscope.bench import doctor as doctor_bench
 from gpuscope.bench import live as live_bench
+from gpuscope.bench import metrics as metrics_bench
 from gpuscope.bench import overhead as overhead_bench
 from gpuscope.bench import query as query_bench
 from gpuscope.bench import ring as ring_bench
 from gpuscope.cli.options import command_group, counts, depths, output_path
 from gpuscope.engine.build import find_build
+from gpuscope.metrics.exporter import DEFAULT_INTERVAL_S
 from gpuscope.query import DEFAULT_MEMORY_LIMIT
-from gpuscope.units import terminal_width, text_table
+from gpuscope.models import default_model
+from gpuscope.units import duration, share as percent, size, terminal_width, text_table
 
 
 def register(subparsers) -> None:
@@ -29,6 +33,7 @@ def register(subparsers) -> None:
     _register_live(bench)
     _register_doctor(bench)
     _register_query(bench)
+    _register_metrics(bench)
 
 
 def _ring(args) -> int:
@@ -216,3 +221,45 @@ def _register_query(bench) -> None:
                         help=f"DuckDB's memory limit (default {DEFAULT_MEMORY_LIMIT})")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     parser.set_defaults(func=_query)
+
+
+def _metrics(args) -> int:
+    build = find_build(args.engine)
+    model = Path(args.model) if args.model else default_model()
+    print(f"gpuscope bench metrics: llama-server of {build.meta['name']} on {model.name}, {args.rounds} rounds of "
+          f"{args.requests} requests without and with the exporter ...", file=sys.stderr)
+    result = metrics_bench.measure(build.program("llama-server"), model, rounds=args.rounds, requests=args.requests,
+                                   n_predict=args.n_predict, interval_s=args.interval)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    arms, cost = result["arms"], result["exporter"]
+    print(f"{'engine step':<12} {'without: steps':>15} {'median':>10} {'with: steps':>12} {'median':>10}")
+    for phase in ("decode", "prefill"):
+        plain, followed = arms["without"][phase], arms["with"][phase]
+        print(f"{phase:<12} {plain['steps']:>15} {_ms(plain['median_ms']):>10} {followed['steps']:>12} "
+              f"{_ms(followed['median_ms']):>10}")
+    print(f"exporter (polling every {result['interval_s']:g} s): {duration(cost['cpu_s'] * 1e9)} of CPU in "
+          f"{duration(cost['followed_s'] * 1e9)} followed ({percent(cost['share_of_a_core'])} of a core), "
+          f"{cost['polls']} polls ({duration(cost['cpu_ms_per_poll'] * 1e6)} each)")
+    print(f"per engine step ({cost['steps_followed']} followed): {duration(cost['cpu_us_per_step'] * 1e3)} of the "
+          f"exporter's CPU, {percent(cost['share_of_decode_step'])} of the median decode step")
+    print(f"a scrape: {duration(cost['scrape_ms'] * 1e6)}, {size(cost['scrape_bytes'])}, {cost['series']} series")
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else duration(value * 1e6)
+
+
+def _register_metrics(bench) -> None:
+    parser = bench.add_parser("metrics", help="the exporter's cost against the engine's step time (llama-server)")
+    parser.add_argument("--engine", default="cpu", help="the hooked build whose llama-server runs (default cpu)")
+    parser.add_argument("--model", help="the model (default: the default model)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each condition (default 3)")
+    parser.add_argument("--requests", type=int, default=3, help="completions per round (default 3)")
+    parser.add_argument("--n-predict", type=int, default=32, help="tokens generated per completion (default 32)")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                        help=f"the exporter's poll interval, s (default {DEFAULT_INTERVAL_S:g}, as gpuscope metrics)")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON instead")
+    parser.set_defaults(func=_metrics)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from gpuscope.analysis.columns import text
 from gpuscope.analysis.noise import OUTLIER_RATIO, step_noise
+from gpuscope.analysis.steps import is_decode
 from gpuscope.analysis.verdict import decode_steps
 from gpuscope.doctor.findings import Finding
 from gpuscope.doctor.registry import RULES, rule
@@ -568,7 +569,7 @@ def _phase_of(a, kind: str, seqs: pd.Series) -> str | None:
     tokens = a.steps.set_index("step")[["n_tokens", "n_seqs"]].reindex(in_step.dropna())
     if not len(tokens):
         return None
-    decode = tokens["n_tokens"] == tokens["n_seqs"].fillna(1)
+    decode = is_decode(tokens)
     return "decode" if decode.all() else "prefill" if not decode.any() else None
 
 

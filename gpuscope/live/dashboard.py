@@ -31,10 +31,11 @@ from IPython.display import display
 import pandas as pd
 
 from gpuscope.analysis.facade import Analysis
+from gpuscope.analysis.memory import held_now
 from gpuscope.analysis.noise import OUTLIER_RATIO, noise_of, rolling_level
 from gpuscope.doctor.rules import diagnose, is_noisy
 from gpuscope.errors import ReportError
-from gpuscope.live.events import held_now, memory_per_config
+from gpuscope.live.events import memory_per_config
 from gpuscope.live.sources import Steps, source_for
 from gpuscope.plots.style import category_color, config_colors
 from gpuscope.runs.verify import DEFAULT_ROUNDS, verify

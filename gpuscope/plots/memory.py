@@ -6,11 +6,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gpuscope.analysis.memory import timeline
+from gpuscope.analysis.memory import MAPPED, timeline
 from gpuscope.plots.style import TEMPLATE, TIME_AXIS, category_color, device_namer, empty, figure, seconds_since, text
 from gpuscope.units import MIB, number, size
 
-MAPPED = " (mapped file)"
 
 
 def held_over_time(buffers: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,6 @@ program dies with the recorder (PR_SET_PDEATHSIG): never an orphan.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -41,7 +40,7 @@ from gpuscope.trace.model import Trace
 from gpuscope.trace.model_bytes import command_model
 from gpuscope.trace.recover import COMPLETE, IN_PROGRESS, check_trace_path, claim, publish, recover_abandoned, release
 from gpuscope.trace.ringtap import RingTap, ring_dir, signal_name
-from gpuscope.trace.standalone import standalone_meta
+from gpuscope.trace.standalone import program_engine_meta, standalone_meta
 from gpuscope.version import __version__
 
 _DRAIN_INTERVAL_S = 0.05
@@ -130,7 +129,7 @@ def record(command: list[str], out: str | os.PathLike, *, capacity: int | None =
     child_env["GPUSCOPE_RING"] = str(ring_path)
     if capacity:
         child_env["GPUSCOPE_RING_CAPACITY"] = str(capacity)
-    run = _Recording(command, program, out, ring_path, engine_meta or _engine_meta(program, child_env), quiet)
+    run = _Recording(command, program, out, ring_path, engine_meta or program_engine_meta(program, child_env), quiet)
     claim(ring_path, out, command)
     process = trace = None
     try:
@@ -351,20 +350,6 @@ class _PipeReader:
         if self._thread is not None:
             self._thread.join()
         return "".join(self._chunks)
-
-
-def _engine_meta(program: str, env: dict) -> dict:
-    """The build's own metadata, from the program's build folder or the one llama-cpp-python loads from."""
-    resolved = Path(program).resolve()  # only to find the build folder; the program runs as given
-    folders = [resolved.parent, resolved.parent.parent]
-    if env.get("LLAMA_CPP_LIB_PATH"):
-        library_folder = Path(env["LLAMA_CPP_LIB_PATH"])
-        folders += [library_folder, library_folder.parent]
-    for folder in folders:
-        meta_file = folder / "gpuscope-build.json"
-        if meta_file.is_file():
-            return json.loads(meta_file.read_text())
-    return {"program_dir": str(Path(program).parent)}
 
 
 def say(line: str, stream=None) -> None:

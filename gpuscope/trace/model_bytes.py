@@ -262,7 +262,8 @@ def model_bytes(path: str | os.PathLike, type_k: str = "f16", type_v: str = "f16
     return _model_bytes_cached(str(path.resolve()), path.stat().st_mtime_ns, type_k.lower(), type_v.lower())
 
 
-def _flag_value(command: list[str], flags: tuple[str, ...]) -> str | None:
+def flag_value(command: list[str], flags: tuple[str, ...]) -> str | None:
+    """The value a command line gives one of `flags` (`-x V`, or `--long=V`), else None."""
     for i, arg in enumerate(command):
         for flag in flags:
             if arg == flag and i + 1 < len(command):
@@ -283,7 +284,7 @@ def _split_values(text: str | None) -> list[float] | None:
 
 def command_model(command: list[str]) -> str | None:
     """The model file a llama.cpp program's command line names (-m / --model)."""
-    return _flag_value([str(arg) for arg in command], ("-m", "--model"))
+    return flag_value([str(arg) for arg in command], ("-m", "--model"))
 
 
 def run_settings(meta: dict) -> dict:
@@ -296,9 +297,9 @@ def run_settings(meta: dict) -> dict:
         model = model.get("path")
     model = model or command_model(command)
     default = {
-        "type_k": _flag_value(command, ("-ctk", "--cache-type-k")) or "f16",
-        "type_v": _flag_value(command, ("-ctv", "--cache-type-v")) or "f16",
-        "tensor_split": _split_values(_flag_value(command, ("-ts", "--tensor-split"))),
+        "type_k": flag_value(command, ("-ctk", "--cache-type-k")) or "f16",
+        "type_v": flag_value(command, ("-ctv", "--cache-type-v")) or "f16",
+        "tensor_split": _split_values(flag_value(command, ("-ts", "--tensor-split"))),
     }
     configs = {}
     for config in meta.get("configs") or []:

@@ -92,16 +92,7 @@ class RingTap:
         """The ring part of a trace's metadata: its accounting now (the writer may still be running)."""
         if self.reader is None:
             return {"path": str(self.path), "opened": False}
-        status, header = self.reader.status, self.reader.header
-        return {
-            "path": str(self.path), "opened": True, "capacity": header.capacity, "pid": status.pid,
-            "state": status.state, "crash_signal": status.crash_signal,
-            "crash_signal_name": signal_name(status.crash_signal) if status.crash_signal else None,
-            "written": status.written, "read": status.read, "lost": status.lost,
-            "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
-            "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,
-            "devices": self.reader.device_names(), "unknown_kinds": self.reader.unknown_kinds,
-        }
+        return ring_meta(self.reader)
 
     def snapshot(self, drain: bool = True) -> tuple[dict, dict]:
         """Drain (unless not to: a ring that cannot be read any more), then (tables, ring metadata) of everything
@@ -120,6 +111,20 @@ class RingTap:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
+
+
+def ring_meta(reader: RingReader) -> dict:
+    """The ring part of a trace's metadata from an open reader: header, the writer's fate, the accounting now."""
+    status, header = reader.status, reader.header
+    return {
+        "path": str(reader.path), "opened": True, "capacity": header.capacity, "pid": status.pid,
+        "state": status.state, "crash_signal": status.crash_signal,
+        "crash_signal_name": signal_name(status.crash_signal) if status.crash_signal else None,
+        "written": status.written, "read": status.read, "lost": status.lost,
+        "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
+        "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,
+        "devices": reader.device_names(), "unknown_kinds": reader.unknown_kinds,
+    }
 
 
 def _appended(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:

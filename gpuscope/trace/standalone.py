@@ -9,6 +9,7 @@ never a file it names (a model that may be gone, an engine source another machin
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import re
@@ -18,6 +19,21 @@ from pathlib import Path
 
 from gpuscope.engine.source import pinned_source_dir
 from gpuscope.trace.model_bytes import ModelFileError, model_bytes
+
+
+def program_engine_meta(program: str | os.PathLike, env: dict | None = None) -> dict:
+    """The build's own metadata, from the program's build folder or the one llama-cpp-python loads from (the
+    `LLAMA_CPP_LIB_PATH` of its environment)."""
+    resolved = Path(program).resolve()  # only to find the build folder; the program runs as given
+    folders = [resolved.parent, resolved.parent.parent]
+    if (env or {}).get("LLAMA_CPP_LIB_PATH"):
+        library_folder = Path(env["LLAMA_CPP_LIB_PATH"])
+        folders += [library_folder, library_folder.parent]
+    for folder in folders:
+        meta_file = folder / "gpuscope-build.json"
+        if meta_file.is_file():
+            return json.loads(meta_file.read_text())
+    return {"program_dir": str(Path(program).parent)}
 
 
 def standalone_meta(model: str | os.PathLike | None, engine: dict | None) -> dict:
