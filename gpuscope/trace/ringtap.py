@@ -101,6 +101,7 @@ class RingTap:
             "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
             "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,
             "devices": self.reader.device_names(), "unknown_kinds": self.reader.unknown_kinds,
+            "clock": header.clock, "position": status.position,
         }
 
     def snapshot(self, drain: bool = True) -> tuple[dict, dict]:

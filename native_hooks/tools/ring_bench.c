@@ -277,7 +277,7 @@ int main(int argc, char ** argv) {
     measure("emit_ns", "_1t", emit_batch, 1, BATCH, events, 1);
     measure("emit_ns", "_2t", emit_batch, 2, BATCH, events, 1);
     gpuscope_ring_close();
-    json_integer("writer_dropped", read_ring_header(path).writer_dropped);
+    json_integer("writer_dropped", read_ring_dropped(path));
     unlink(path);
 
     measure("clock_gettime_ns", "", clock_batch, 1, BATCH, events, 1);
