@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gpuscope.ring.reader import RingReader
+from gpuscope.ring import native
+from gpuscope.ring.reader import CLOCK_BOUND_NS, RingReader
 from gpuscope.ring.schema import load_schema
 from ring_programs import check_marks, start_producer, wait_for_ring
 
@@ -148,3 +151,50 @@ def test_missing_file(tmp_path):
 
     with pytest.raises(NotARingError, match="no such ring"):
         RingReader(tmp_path / "nope.ring")
+
+
+CLOCK_CLIENT = """
+import ctypes, sys, time
+
+class Mark(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_int64), ("value2", ctypes.c_int64),
+                ("name", ctypes.c_uint32), ("label", ctypes.c_uint32)]
+
+lib = ctypes.CDLL(sys.argv[1])
+lib.gpuscope_ring_open.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64]
+lib.gpuscope_emit_slow.argtypes = [ctypes.c_uint16, ctypes.c_int16, ctypes.c_void_p, ctypes.c_size_t]
+assert lib.gpuscope_ring_open(sys.argv[2].encode(), 1 << 16, 0) == 0
+mark = Mark()
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:  # across several calibration pairs (one every 250 ms)
+    mark.value = time.monotonic_ns()
+    lib.gpuscope_emit_slow(1, -1, ctypes.byref(mark), ctypes.sizeof(mark))
+    mark.value2 = time.monotonic_ns()
+    lib.gpuscope_emit_slow(1, -1, ctypes.byref(mark), ctypes.sizeof(mark))
+    time.sleep(0.0002)
+if sys.argv[4] == "kill":
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)  # no closing pair: the newest records lie past the last one
+lib.gpuscope_ring_close()
+"""
+
+
+@pytest.mark.parametrize("ending", ["close", "kill"])
+def test_timestamps_agree_with_clock_monotonic_within_the_stated_bound(tmp_path, ending):
+    """Every record's timestamp, converted from TSC ticks where the ring uses them, lies between the
+    CLOCK_MONOTONIC readings taken just before and just after its emit, give or take CLOCK_BOUND_NS."""
+    path = tmp_path / "clock.ring"
+    subprocess.run([sys.executable, "-c", CLOCK_CLIENT, str(native.ring_library()), str(path), "0.8", ending],
+                   timeout=60)
+    with RingReader(path) as reader:
+        marks = reader.read_all()["mark"]
+        pairs = len(reader._clock_pairs)
+    stamps = marks["ts_ns"].to_numpy(np.int64)
+    values, values2 = marks["value"].to_numpy(np.int64), marks["value2"].to_numpy(np.int64)
+    # records come in pairs around the readings: t0 <= first record <= t1 <= second record <= next pair's t0
+    n = stamps.size // 2 * 2 - 2
+    first, second = stamps[0:n:2], stamps[1:n:2]
+    t0, t1, next_t0 = values[0:n:2], values2[1:n:2], values[2:n + 2:2]
+    error = np.maximum.reduce([t0 - first, first - t1, t1 - second, second - next_t0])
+    assert n > 2000 and (pairs >= 3 or reader.header.clock == "monotonic")
+    assert (np.diff(stamps) >= 0).all()

@@ -247,7 +247,8 @@ class RingReader:
         writers = self._read_writers()
         return RingStatus(
             state=self._writer_state(h, self._writer_holds_lock()), pid=self.header.writer_pid,
-            crash_signal=int(h["crash_signal"]), written=self._written(h, writers), read=self.read, lost=self.lost,
+            crash_signal=int(h["crash_signal"]), written=self._accounting(h, writers, final=False)[0],
+            read=self.read, lost=self.lost,
             strings_dropped=int(h["strings_dropped"]),
             writer_dropped=int(writers["dropped"].sum()) + int(h["unattached_dropped"]),
             position=self._position(self._hi, int(h["unattached_dropped"])),
@@ -258,10 +259,16 @@ class RingReader:
         self._read_into(writers, self.header.writers_offset)
         return writers
 
-    def _written(self, h: np.void, writers: np.ndarray) -> int:
-        emitted = writers["emitted"].astype(np.uint64)
-        return int((emitted - np.minimum(emitted, self._base)).sum()) + int(h["unattached_dropped"]) \
-            - self._base_unattached
+    def _accounting(self, h: np.void, writers: np.ndarray, final: bool) -> tuple[int, int]:
+        """(written, lost) since this reader's starting point. Per writer, written is the count its entry gives
+        (or what was seen of it, should a damaged entry say less) and lost the numbers up to the highest one
+        taken that were not; `final`: the writer is gone, so every number it gave out that was not taken is lost."""
+        taken = self._taken.astype(np.uint64)
+        seen = np.maximum(writers["emitted"].astype(np.uint64), self._hi) - self._base
+        written = np.maximum(seen, taken)
+        lost = written - taken if final else np.maximum(self._hi - self._base, taken) - taken
+        unattached = max(0, int(h["unattached_dropped"]) - self._base_unattached)
+        return int(written.sum()) + unattached, int(lost.sum()) + unattached
 
     @staticmethod
     def _position(per_writer: np.ndarray, unattached: int) -> dict:
@@ -297,8 +304,7 @@ class RingReader:
 
         Once the path names another file (the ring was removed and a new one made there) and this ring has
         nothing more to give, a `CorruptRingError` says so."""
-        if max_records is None or sum(len(held) for held in self._held) < max_records:
-            self._scan()
+        self._scan()
         out = np.concatenate(self._held) if self._held else np.empty(0, self.schema.record_dtype)
         if max_records is not None and out.size > max_records:
             self._held = [out[max_records:]]
@@ -390,13 +396,8 @@ class RingReader:
         writer, number = writer[mine].astype(np.int64), number[mine]
         np.maximum.at(self._hi, writer, number)
         np.add.at(self._taken, writer, 1)
-        unattached = int(h["unattached_dropped"]) - self._base_unattached
-        if writer_done:  # every writer's count is final: what was not taken never will be
-            writers = self._read_writers()
-            self.lost = self._written(h, writers) - int(self._taken.sum())
-            self._writer_gone_scanned = True
-        else:
-            self.lost = int((self._hi - self._base).sum()) - int(self._taken.sum()) + unattached
+        self.lost = self._accounting(h, self._read_writers(), final=writer_done)[1]
+        self._writer_gone_scanned = writer_done
         return mine
 
     # -- timestamps ---------------------------------------------------------------------------------------------
@@ -408,12 +409,12 @@ class RingReader:
             return stamps
         self._collect_clock_pairs(h)
         pairs = sorted(set(self._clock_pairs.values()))
+        if not pairs:
+            raise CorruptRingError(f"{self.path}: a TSC ring with no calibration pair")
         ticks = np.array([p[0] for p in pairs], np.int64)
         ns = np.array([p[1] for p in pairs], np.int64)
         keep = np.concatenate(([True], np.diff(ticks) > 0))  # a rate needs distinct ticks
         ticks, ns = ticks[keep], ns[keep]
-        if ticks.size == 0:
-            raise CorruptRingError(f"{self.path}: a TSC ring with no calibration pair")
         if ticks.size == 1:
             return ns[0] + np.rint((stamps - ticks[0]) * (1e9 / self.header.clock_ticks_per_s)).astype(np.int64)
         segment = np.clip(np.searchsorted(ticks, stamps, side="right") - 1, 0, ticks.size - 2)
