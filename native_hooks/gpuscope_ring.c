@@ -47,6 +47,7 @@ struct ring {
     char *                 strings;
     uint64_t               block_mask;   /* n_blocks - 1 */
     uint64_t               generation;   /* which open this is: thread state of an older ring is stale */
+    int64_t                opened_ticks; /* TSC at the pair taken at open */
     size_t                 map_bytes;
     uint64_t *             intern_slots; /* (content hash << 32) | string id; 0 = empty */
     uint64_t               intern_mask;
@@ -192,15 +193,23 @@ static void take_clock_pair(gpuscope_ring_header * h) {
 }
 
 /* Called when a block is taken (every 64 records of a thread): a new pair
- * when the newest is older than the refresh interval. Two threads may both
- * take one; that costs a slot of the history, nothing else. */
-static void refresh_clock(gpuscope_ring_header * h) {
+ * when the newest is older than a quarter of the ring's age, 1 ms at least
+ * and the refresh interval at most. A reader converts a record past the
+ * newest pair with the rate over all pairs; spacing them so early keeps
+ * that extrapolation under a quarter of the baseline the rate comes from (a
+ * rate from the 2 ms calibration alone was 2-3 us off 100 ms later on the
+ * EPYC VM). Two threads may both take one; that costs a slot of the history. */
+static void refresh_clock(struct ring * r) {
     if (timestamp_clock != GPUSCOPE_CLOCK_TSC) {
         return;
     }
+    gpuscope_ring_header * h = r->hdr;
     const uint64_t taken = __atomic_load_n(&h->clock_pairs_taken, __ATOMIC_RELAXED);
-    const uint64_t last  = (taken - 1) % GPUSCOPE_CLOCK_PAIRS;
-    if (read_ticks() - __atomic_load_n(&h->clock_pair_ticks[last], __ATOMIC_RELAXED) >= clock_refresh_ticks) {
+    const int64_t  last  = __atomic_load_n(&h->clock_pair_ticks[(taken - 1) % GPUSCOPE_CLOCK_PAIRS], __ATOMIC_RELAXED);
+    int64_t interval = (last - r->opened_ticks) / 4;
+    interval = interval < clock_refresh_ticks / 250 ? clock_refresh_ticks / 250 : interval;
+    interval = interval > clock_refresh_ticks ? clock_refresh_ticks : interval;
+    if (read_ticks() - last >= interval) {
         take_clock_pair(h);
     }
 }
@@ -387,7 +396,7 @@ static int take_block(struct producer * p, struct ring * r) {
         return 0;
     }
     release_block(p);
-    refresh_clock(r->hdr);
+    refresh_clock(r);
     for (int attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
         const uint64_t ticket = __atomic_fetch_add(&r->hdr->block_cursor, 1, __ATOMIC_RELAXED);
         const uint64_t index  = ticket & r->block_mask;
@@ -577,6 +586,7 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
     h->strings_used       = EMPTY_ENTRY_BYTES;
     if (timestamp_clock == GPUSCOPE_CLOCK_TSC) {
         take_clock_pair(h);
+        r->opened_ticks = h->clock_pair_ticks[0];
     }
     /* Magic last: a reader never trusts a half-written header. */
     __atomic_store_n(&h->magic, GPUSCOPE_MAGIC, __ATOMIC_RELEASE);

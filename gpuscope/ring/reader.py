@@ -321,6 +321,10 @@ class RingReader:
     def _scan(self) -> None:
         """Take every record committed now, oldest block ticket first, and settle the loss accounting."""
         h = self._live_header()
+        size = os.fstat(self._file.fileno()).st_size
+        if size < self.header.file_size:  # a drain may find nothing new to copy, yet the records are gone
+            raise CorruptRingError(f"{self.path}: the file ends at byte {size}, inside the ring: it was truncated "
+                                   "under this reader")
         holds_lock = self._writer_holds_lock()
         writer_done = self._writer_state(h, holds_lock) != "alive"
         B = self.header.block_records
@@ -404,7 +408,7 @@ class RingReader:
 
     def _to_monotonic(self, stamps: np.ndarray, h: np.void) -> np.ndarray:
         """CLOCK_MONOTONIC ns for the records' stamps: TSC ticks go through the calibration pairs, piecewise
-        linear between neighbours, the nearest segment's rate outside them (the measured rate with one pair)."""
+        linear between neighbours, the rate over all of them outside (the measured rate with one pair)."""
         if self.header.clock != "tsc":
             return stamps
         self._collect_clock_pairs(h)
@@ -419,7 +423,13 @@ class RingReader:
             return ns[0] + np.rint((stamps - ticks[0]) * (1e9 / self.header.clock_ticks_per_s)).astype(np.int64)
         segment = np.clip(np.searchsorted(ticks, stamps, side="right") - 1, 0, ticks.size - 2)
         t0, t1, n0, n1 = ticks[segment], ticks[segment + 1], ns[segment], ns[segment + 1]
-        return n0 + np.rint((stamps - t0) * ((n1 - n0) / (t1 - t0))).astype(np.int64)
+        rate = (n1 - n0) / (t1 - t0)
+        # past either end, the rate over every pair: the newest segment may be a millisecond long
+        outside = (stamps < ticks[0]) | (stamps > ticks[-1])
+        rate[outside] = (ns[-1] - ns[0]) / (ticks[-1] - ticks[0])
+        t0 = np.where(stamps > ticks[-1], ticks[-1], t0)
+        n0 = np.where(stamps > ticks[-1], ns[-1], n0)
+        return n0 + np.rint((stamps - t0) * rate).astype(np.int64)
 
     def _collect_clock_pairs(self, h: np.void) -> None:
         """Add the header's complete pairs to those kept (the header holds the newest GPUSCOPE_CLOCK_PAIRS). A
