@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gpuscope.errors import RingVersionError
 from gpuscope.ring import native
 from gpuscope.ring.reader import CLOCK_BOUND_NS, RingReader
 from gpuscope.ring.schema import load_schema
@@ -198,3 +199,16 @@ def test_timestamps_agree_with_clock_monotonic_within_the_stated_bound(tmp_path,
     error = np.maximum.reduce([t0 - first, first - t1, t1 - second, second - next_t0])
     assert n > 2000 and (pairs >= 3 or reader.header.clock == "monotonic")
     assert (np.diff(stamps) >= 0).all()
+
+
+def test_a_ring_of_an_older_abi_is_refused_with_both_versions(tmp_path):
+    """An ABI 2 ring (one shared cursor, CLOCK_MONOTONIC stamps) would be misread record by record: refused."""
+    path = tmp_path / "old.ring"
+    assert start_producer(path, "--threads", "1", "--events", "10").wait(60) == 0
+    data = bytearray(path.read_bytes())
+    version = load_schema().structs["gpuscope_ring_header"].fields[1]
+    assert version.name == "abi_version"
+    data[version.offset:version.offset + 4] = (2).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(RingVersionError, match="written by ring ABI version 2, this gpuscope reads version 3"):
+        RingReader(path)
