@@ -48,6 +48,7 @@ struct ring {
     uint64_t               block_mask;   /* n_blocks - 1 */
     uint64_t               generation;   /* which open this is: thread state of an older ring is stale */
     int64_t                opened_ticks; /* TSC at the pair taken at open */
+    int64_t                clock_due;    /* atomic: TSC at which an emit takes the next calibration pair */
     size_t                 map_bytes;
     uint64_t *             intern_slots; /* (content hash << 32) | string id; 0 = empty */
     uint64_t               intern_mask;
@@ -171,7 +172,8 @@ static uint64_t round_up(uint64_t v, uint64_t multiple) {
 /* A (ticks, ns) pair read back to back; the pair of the tightest of three
  * tries, so a preemption between the two reads does not skew the reader's
  * conversion. */
-static void take_clock_pair(gpuscope_ring_header * h) {
+static void take_clock_pair(struct ring * r) {
+    gpuscope_ring_header * h = r->hdr;
     int64_t best_ticks = 0, best_ns = 0, best_width = INT64_MAX;
     for (int i = 0; i < 3; i++) {
         const int64_t before = read_ticks();
@@ -190,28 +192,18 @@ static void take_clock_pair(gpuscope_ring_header * h) {
     __atomic_store_n(&h->clock_pair_ticks[i], best_ticks, __ATOMIC_RELAXED);
     __atomic_store_n(&h->clock_pair_ns[i], best_ns, __ATOMIC_RELAXED);
     __atomic_store_n(&h->clock_pair_seq[i], n + 1, __ATOMIC_RELEASE);
-}
-
-/* Called when a block is taken (every 64 records of a thread): a new pair
- * when the newest is older than a quarter of the ring's age, 1 ms at least
- * and the refresh interval at most. A reader converts a record past the
- * newest pair with the rate over all pairs; spacing them so early keeps
- * that extrapolation under a quarter of the baseline the rate comes from (a
- * rate from the 2 ms calibration alone was 2-3 us off 100 ms later on the
- * EPYC VM). Two threads may both take one; that costs a slot of the history. */
-static void refresh_clock(struct ring * r) {
-    if (timestamp_clock != GPUSCOPE_CLOCK_TSC) {
-        return;
+    if (n == 0) {
+        r->opened_ticks = best_ticks;
     }
-    gpuscope_ring_header * h = r->hdr;
-    const uint64_t taken = __atomic_load_n(&h->clock_pairs_taken, __ATOMIC_RELAXED);
-    const int64_t  last  = __atomic_load_n(&h->clock_pair_ticks[(taken - 1) % GPUSCOPE_CLOCK_PAIRS], __ATOMIC_RELAXED);
-    int64_t interval = (last - r->opened_ticks) / 4;
+    /* The next pair a quarter of the ring's age later, 1 ms at least and the
+     * refresh interval at most. A reader converts a record past the newest
+     * pair with the rate over all pairs: spaced so, the extrapolation stays
+     * under a quarter of the baseline that rate comes from (the 2 ms
+     * calibration's rate alone was 6 ppm off on the EPYC VM: 16 us after 3 s). */
+    int64_t interval = (best_ticks - r->opened_ticks) / 4;
     interval = interval < clock_refresh_ticks / 250 ? clock_refresh_ticks / 250 : interval;
     interval = interval > clock_refresh_ticks ? clock_refresh_ticks : interval;
-    if (read_ticks() - last >= interval) {
-        take_clock_pair(h);
-    }
+    __atomic_store_n(&r->clock_due, best_ticks + interval, __ATOMIC_RELAXED);
 }
 
 /* The TSC rate over 2 ms, once per process: what the refresh interval is in
@@ -278,7 +270,7 @@ static void mark_closed_at_exit(void) {
     struct ring * r = loaded_ring();
     if (r != NULL) {
         if (timestamp_clock == GPUSCOPE_CLOCK_TSC) {
-            take_clock_pair(r->hdr);
+            take_clock_pair(r);
         }
         mark_closed(r);
     }
@@ -396,7 +388,6 @@ static int take_block(struct producer * p, struct ring * r) {
         return 0;
     }
     release_block(p);
-    refresh_clock(r);
     for (int attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
         const uint64_t ticket = __atomic_fetch_add(&r->hdr->block_cursor, 1, __ATOMIC_RELAXED);
         const uint64_t index  = ticket & r->block_mask;
@@ -466,7 +457,7 @@ static void close_locked(void) {
         }
     }
     if (timestamp_clock == GPUSCOPE_CLOCK_TSC) {
-        take_clock_pair(r->hdr);
+        take_clock_pair(r);
     }
     mark_closed(r);
     free_ring(r);
@@ -585,8 +576,7 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
     h->state              = GPUSCOPE_STATE_OPEN;
     h->strings_used       = EMPTY_ENTRY_BYTES;
     if (timestamp_clock == GPUSCOPE_CLOCK_TSC) {
-        take_clock_pair(h);
-        r->opened_ticks = h->clock_pair_ticks[0];
+        take_clock_pair(r);
     }
     /* Magic last: a reader never trusts a half-written header. */
     __atomic_store_n(&h->magic, GPUSCOPE_MAGIC, __ATOMIC_RELEASE);
@@ -714,11 +704,18 @@ void gpuscope_emit_slow(uint16_t kind, int16_t device, const void * payload, siz
     __atomic_store_n(&rec->seq, seq | GPUSCOPE_SEQ_BUSY, __ATOMIC_RELAXED);
     /* Readers must see BUSY before any byte of the new record. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    rec->ts_ns  = record_timestamp();
+    const uint64_t ts = record_timestamp();
+    rec->ts_ns  = ts;
     rec->kind   = kind;
     rec->device = device;
     rec->tid    = p->tid;
     copy_payload(rec->payload, payload, size);
+    /* A pair before the commit: a reader that sees the record sees a pair at or after it. Two threads may
+     * both take one; that costs a slot of the history, nothing else. */
+    if (GPUSCOPE_UNLIKELY(timestamp_clock == GPUSCOPE_CLOCK_TSC &&
+                          (int64_t)ts >= __atomic_load_n(&r->clock_due, __ATOMIC_RELAXED))) {
+        take_clock_pair(r);
+    }
     __atomic_store_n(&rec->seq, seq, __ATOMIC_RELEASE);
     leave_ring(p);
 }

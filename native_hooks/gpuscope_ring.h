@@ -29,8 +29,8 @@
  *
  * Timestamps: with an invariant TSC the records carry raw TSC ticks and the
  * header carries calibration pairs (ticks, CLOCK_MONOTONIC ns) taken at open,
- * then every quarter of the ring's age (1 ms to GPUSCOPE_CLOCK_REFRESH_NS) while
- * records are written, and at close; the reader converts. Elsewhere records carry CLOCK_MONOTONIC ns.
+ * then by the first emit a quarter of the ring's age (1 ms to
+ * GPUSCOPE_CLOCK_REFRESH_NS) after the newest, and at close; the reader converts. Elsewhere records carry CLOCK_MONOTONIC ns.
  */
 #ifndef GPUSCOPE_RING_H
 #define GPUSCOPE_RING_H

@@ -411,7 +411,7 @@ class RingReader:
         linear between neighbours, the rate over all of them outside (the measured rate with one pair)."""
         if self.header.clock != "tsc":
             return stamps
-        self._collect_clock_pairs(h)
+        self._collect_clock_pairs()
         pairs = sorted(set(self._clock_pairs.values()))
         if not pairs:
             raise CorruptRingError(f"{self.path}: a TSC ring with no calibration pair")
@@ -431,13 +431,14 @@ class RingReader:
         n0 = np.where(stamps > ticks[-1], ns[-1], n0)
         return n0 + np.rint((stamps - t0) * rate).astype(np.int64)
 
-    def _collect_clock_pairs(self, h: np.void) -> None:
+    def _collect_clock_pairs(self) -> None:
         """Add the header's complete pairs to those kept (the header holds the newest GPUSCOPE_CLOCK_PAIRS). A
         pair is read between two reads of its sequence: one being rewritten is left for the next drain."""
-        taken = int(h["clock_pairs_taken"])
-        if taken == 0 or (taken - 1) in self._clock_pairs:
-            return
         fields = {f.name: f for f in self.schema.structs["gpuscope_ring_header"].fields}
+        taken = np.empty(1, np.uint64)  # now, after the records: the pairs taken before their commits
+        self._read_into(taken, fields["clock_pairs_taken"].offset)
+        if int(taken[0]) == 0 or int(taken[0]) - 1 in self._clock_pairs:
+            return
         n_pairs = self.schema.constants["GPUSCOPE_CLOCK_PAIRS"]
         seq_before, seq_after = np.empty(n_pairs, np.uint64), np.empty(n_pairs, np.uint64)
         pair_ticks, pair_ns = np.empty(n_pairs, np.int64), np.empty(n_pairs, np.int64)
