@@ -22,7 +22,7 @@
 
 #include <stdint.h>
 
-#define GPUSCOPE_ABI_VERSION   2  /* 2: a live writer holds a flock on its ring */
+#define GPUSCOPE_ABI_VERSION   3  /* 3: per-thread blocks, TSC timestamps; 2: a live writer holds a flock */
 #define GPUSCOPE_RECORD_SIZE   64
 #define GPUSCOPE_PAYLOAD_SIZE  40
 
@@ -148,8 +148,8 @@ enum gpuscope_copy_mode {
 
 /* The record every event travels in: 24-byte header + 40-byte payload. */
 typedef struct gpuscope_record {
-    uint64_t seq;        /* commit sequence: ticket + 1 once committed */
-    uint64_t ts_ns;      /* CLOCK_MONOTONIC */
+    uint64_t seq;        /* commit sequence: writer << 47 | its sequence number, once committed */
+    uint64_t ts_ns;      /* the ring's clock (header `clock`); readers give CLOCK_MONOTONIC ns */
     uint16_t kind;       /* enum gpuscope_kind */
     int16_t  device;     /* ring device index, -1 when none */
     uint32_t tid;        /* kernel thread id of the producer */

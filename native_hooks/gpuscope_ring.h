@@ -5,17 +5,32 @@
  *
  * File layout (all offsets from the start of the file, little-endian):
  *   [0, 4096)                     gpuscope_ring_header
+ *   [writers_offset, +max_writers * 64)  one gpuscope_ring_writer per producer thread
+ *   [blocks_offset, +n_blocks * 8)       one block state per block of records
  *   [strings_offset, +strings_capacity)  interned strings: entries of
  *                                 { uint32_t len_committed; char bytes[len]; '\0' }
  *                                 padded to 4 bytes; a string id is the entry's
  *                                 offset inside the section (0 is "no string":
  *                                 the section starts with a reserved empty entry)
- *   [records_offset, +capacity * GPUSCOPE_RECORD_SIZE)  records
+ *   [records_offset, +capacity * GPUSCOPE_RECORD_SIZE)  records, in blocks of
+ *                                 block_records
  *
- * Commit protocol per record (ticket t = fetch_add(write_cursor, 1),
- * slot = t & (capacity - 1)): the producer stores seq = (t+1) | BUSY, writes the
- * record, then stores seq = t+1 with release order. A reader takes a record
- * only when seq == t+1 both before and after copying it.
+ * Who writes where: each producer thread owns a writer entry (claimed once)
+ * and one block at a time. It takes a block with one fetch-add on
+ * block_cursor (ticket t, block t mod n_blocks) and a CAS of the block's
+ * state from "closed" to OPEN | key, where key = writer << 47 | s0 and s0 is
+ * the writer's sequence number of the block's first record; a block still
+ * OPEN (its owner was lapped) is not taken, so no block has two writers.
+ * Record i of the block then has seq = key + i: the producer stores
+ * seq | BUSY, writes the record, stores seq with release order, all plain
+ * stores. The writer entry's `emitted` is the last sequence number it handed
+ * out, so a reader knows how many records each thread wrote; numbers missing
+ * from what it read are lost (overwritten, or given up by a lapped thread).
+ *
+ * Timestamps: with an invariant TSC the records carry raw TSC ticks and the
+ * header carries calibration pairs (ticks, CLOCK_MONOTONIC ns) taken at open,
+ * then by the first emit a quarter of the ring's age (1 ms to
+ * GPUSCOPE_CLOCK_REFRESH_NS) after the newest, and at close; the reader converts. Elsewhere records carry CLOCK_MONOTONIC ns.
  */
 #ifndef GPUSCOPE_RING_H
 #define GPUSCOPE_RING_H
@@ -35,6 +50,18 @@ extern "C" {
 #define GPUSCOPE_DEFAULT_CAPACITY (1u << 20)         /* records: 64 MiB */
 #define GPUSCOPE_DEFAULT_STRINGS  (1u << 20)         /* bytes */
 #define GPUSCOPE_MAX_CAPACITY     (1ULL << 28)       /* records (16 GiB): writer and reader refuse more */
+#define GPUSCOPE_BLOCK_RECORDS    64                 /* records per block: one 4 KiB page */
+#define GPUSCOPE_MAX_WRITERS      1024               /* producer threads a ring can tell apart */
+#define GPUSCOPE_WRITER_SHIFT     47                 /* seq = writer << 47 | sequence number */
+#define GPUSCOPE_BLOCK_OPEN       (1ULL << 63)       /* block state: its owner may still write */
+#define GPUSCOPE_CLOCK_PAIRS      64                 /* calibration pairs the header keeps */
+#define GPUSCOPE_CLOCK_REFRESH_NS 250000000          /* a new pair at least this often while writing */
+
+/* What a record's ts_ns holds. */
+enum gpuscope_ring_clock {
+    GPUSCOPE_CLOCK_MONOTONIC = 1, /* CLOCK_MONOTONIC nanoseconds */
+    GPUSCOPE_CLOCK_TSC       = 2, /* raw invariant TSC ticks: convert with the header's clock pairs */
+};
 
 enum gpuscope_ring_state {
     GPUSCOPE_STATE_OPEN    = 1,
@@ -52,23 +79,46 @@ typedef struct gpuscope_ring_header {
     uint32_t header_size;
     uint32_t record_size;
     uint32_t payload_size;
-    uint64_t capacity;             /* records, a power of two */
+    uint64_t capacity;             /* records, a power of two, at least one block */
     uint64_t strings_offset;
     uint64_t strings_capacity;     /* bytes */
     uint64_t records_offset;
     uint64_t file_size;
+    uint64_t writers_offset;       /* max_writers writer entries */
+    uint64_t blocks_offset;        /* capacity / block_records block states */
+    uint32_t block_records;        /* records per block, a power of two */
+    uint32_t max_writers;
+    uint32_t clock;                /* enum gpuscope_ring_clock */
+    uint32_t reserved;
+    int64_t  clock_ticks_per_s;    /* TSC rate measured over 2 ms at open (0: clock is monotonic); converts
+                                    * ticks past the newest pair while a single pair exists */
     int64_t  start_monotonic_ns;   /* taken together with start_realtime_ns */
     int64_t  start_realtime_ns;
     int32_t  writer_pid;
     uint32_t state;                /* enum gpuscope_ring_state */
     int32_t  crash_signal;         /* signal that marked the ring crashed, else 0 */
     uint32_t n_devices;            /* entries used in device_names */
-    uint64_t write_cursor;         /* atomic: tickets handed out so far */
+    uint64_t block_cursor;         /* atomic: block tickets handed out so far */
     uint64_t strings_used;         /* atomic: bytes of the string section in use */
     uint64_t strings_dropped;      /* atomic: interns refused because the section was full */
-    uint64_t writer_dropped;       /* atomic: records a lapped producer gave up */
+    uint64_t unattached_dropped;   /* atomic: records of threads that found no free writer entry */
+    uint64_t clock_pairs_taken;    /* atomic: calibration pairs taken; pair n is at n % GPUSCOPE_CLOCK_PAIRS */
+    uint64_t clock_pair_seq[GPUSCOPE_CLOCK_PAIRS];   /* n + 1 once pair n is complete, 0 while written */
+    int64_t  clock_pair_ticks[GPUSCOPE_CLOCK_PAIRS]; /* TSC ticks ... */
+    int64_t  clock_pair_ns[GPUSCOPE_CLOCK_PAIRS];    /* ... and CLOCK_MONOTONIC ns read together */
     uint32_t device_names[GPUSCOPE_MAX_DEVICES]; /* device index -> string id */
 } gpuscope_ring_header;
+
+/* One producer thread's entry; 64 bytes, so no two threads share a line.
+ * Entries outlive their threads: a new thread may take a free one and goes
+ * on counting from its `emitted`. */
+typedef struct gpuscope_ring_writer {
+    uint64_t emitted;              /* last sequence number handed out (records written or given up) */
+    uint64_t dropped;              /* of those, records given up: every block it tried was still open */
+    uint32_t in_use;               /* atomic: 1 while a thread owns the entry */
+    uint32_t tid;                  /* its last owner's kernel thread id */
+    uint64_t padding[5];
+} gpuscope_ring_writer;
 
 /* Create a fresh ring at `path` (NULL: $GPUSCOPE_RING, else
  * /dev/shm/gpuscope-<pid>.ring) with `capacity` records (rounded up to a power

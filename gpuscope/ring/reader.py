@@ -7,11 +7,16 @@ what was written rather than the declared capacity, and a ring truncated under t
 `RingError`), never a SIGBUS. The header's static part is compared on every read, so a ring re-created or
 overwritten in place under the reader is a `RingError` too.
 
-Draining follows the writer's commit protocol (see native_hooks/gpuscope_ring.h): a record is taken only when
-its commit sequence equals ticket + 1 both before and after it was copied. Tickets whose slot was overwritten
-by a newer record are counted in `lost`, so read + lost always equals the tickets handed out (`written`).
+Draining follows the writer's commit protocol (see native_hooks/gpuscope_ring.h). Each block has one writer at a
+time and a key (writer, sequence number of its first record); record i of a block is taken only when its commit
+sequence is key + i both before and after it was copied, and the committed records of a block are a prefix of it.
+Blocks are visited oldest ticket first, so a thread's records are never seen out of order: once a writer's
+sequence number n was taken, its numbers below n that were not are gone for good (overwritten, or given up by a
+lapped thread) and are counted in `lost`. Every writer's count of what it emitted is in the file, so
+read + lost + pending == written exactly, and once the writer is gone pending is 0.
 While a writer holds the ring's lock, the three copies (sequences, records, sequences) are bulk reads of a
-whole batch, no Python loop per record; once no process holds it nothing can change, and one copy is enough.
+whole run of blocks, no Python loop per record; once no process holds it nothing can change, and one copy is
+enough. TSC timestamps are converted to CLOCK_MONOTONIC nanoseconds with the header's calibration pairs.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from gpuscope.ring.schema import Schema, load_schema
 
 # Records copied per pass: small enough that the three passes hit the cache.
 _CHUNK = 1 << 14
+# Readers agree with CLOCK_MONOTONIC within this, for TSC rings (tests/test_ring_native.py measures it).
+CLOCK_BOUND_NS = 5_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,12 @@ class RingHeader:
     """The static part of a validated ring header."""
     abi_version: int
     capacity: int
+    block_records: int
+    max_writers: int
+    clock: str            # 'monotonic' or 'tsc': what the records' timestamps hold in the file
+    clock_ticks_per_s: int
+    writers_offset: int
+    blocks_offset: int
     strings_offset: int
     strings_capacity: int
     records_offset: int
@@ -51,15 +64,16 @@ class RingStatus:
     state: str            # 'alive', 'exited' (died without closing: killed), 'crashed', 'closed'
     pid: int
     crash_signal: int     # signal number that marked the ring crashed, else 0
-    written: int          # tickets handed out by the writer
+    written: int          # records the writer's threads emitted since this reader's starting point
     read: int             # records this reader has taken
-    lost: int             # records this reader will never see (overwritten, or abandoned by a dead writer)
+    lost: int             # records this reader will never see (overwritten, given up, or abandoned by a dead writer)
     strings_dropped: int  # names the writer could not intern (string section full)
-    writer_dropped: int   # records a lapped producer gave up
+    writer_dropped: int   # records a lapped producer gave up (they are also in `lost`)
+    position: dict        # what this reader has taken or counted lost, for `skip_to` (JSON-able)
 
     @property
     def pending(self) -> int:
-        """Tickets neither read nor lost yet (in flight, or not drained)."""
+        """Records neither read nor lost yet (in flight, or not drained)."""
         return self.written - self.read - self.lost
 
 
@@ -90,7 +104,17 @@ class RingReader:
         self._seq_before = np.empty(chunk, self._opaque)
         self._seq_after = np.empty(chunk, self._opaque)
         self._string_cache: dict[int, str] = {0: ""}
-        self._next_ticket = 0
+        n_blocks, writers = self.header.capacity // self.header.block_records, self.header.max_writers
+        self._block_key = np.zeros(n_blocks, np.uint64)    # the block's key when it was last visited
+        self._block_taken = np.zeros(n_blocks, np.int64)   # records of that key taken (block_records: done)
+        self._base = np.zeros(writers, np.uint64)          # per writer: numbers up to here are someone else's
+        self._hi = np.zeros(writers, np.uint64)            # per writer: the highest number taken or skipped
+        self._taken = np.zeros(writers, np.int64)          # per writer: records taken above the base
+        self._base_unattached = 0
+        self._writer_gone_scanned = False  # the last scan ran after the writer was gone: everything is settled
+        self._clock_pairs: dict[int, tuple[int, int]] = {}  # pair number -> (ticks, ns), kept past the header's
+        self._held: list[np.ndarray] = []  # taken but not returned yet (drain's max_records)
+        self._order = 0
         self.read = 0
         self.lost = 0
         self.unknown_kinds: dict[int, int] = {}  # kind id -> records of kinds this schema does not know
@@ -154,19 +178,33 @@ class RingReader:
         for field, value in expected.items():
             if int(h[field]) != value:
                 raise CorruptRingError(f"{where}: header says {field} = {int(h[field])}, expected {value}")
+        block_records, max_writers = int(h["block_records"]), int(h["max_writers"])
+        if block_records != c["GPUSCOPE_BLOCK_RECORDS"] or not 0 < max_writers <= c["GPUSCOPE_MAX_WRITERS"]:
+            raise CorruptRingError(f"{where}: header says {block_records} records per block and {max_writers} "
+                                   f"writers, expected {c['GPUSCOPE_BLOCK_RECORDS']} and at most "
+                                   f"{c['GPUSCOPE_MAX_WRITERS']}")
         capacity = int(h["capacity"])
-        if capacity == 0 or capacity & (capacity - 1) or capacity > c["GPUSCOPE_MAX_CAPACITY"]:
-            raise CorruptRingError(f"{where}: capacity {capacity} is not a power of two from 1 to "
+        if (capacity < block_records or capacity & (capacity - 1) or capacity > c["GPUSCOPE_MAX_CAPACITY"]):
+            raise CorruptRingError(f"{where}: capacity {capacity} is not a power of two from {block_records} to "
                                    f"{c['GPUSCOPE_MAX_CAPACITY']} records")
+        clock = self.schema.enums["ring_clock"].get(int(h["clock"]))
+        if clock is None or (clock == "tsc") != (int(h["clock_ticks_per_s"]) > 0):
+            raise CorruptRingError(f"{where}: unknown timestamp clock {int(h['clock'])} "
+                                   f"(ticks per second {int(h['clock_ticks_per_s'])})")
+        writers_offset, blocks_offset = int(h["writers_offset"]), int(h["blocks_offset"])
+        writers_end = writers_offset + max_writers * self.schema.structs["gpuscope_ring_writer"].size
+        blocks_end = blocks_offset + capacity // block_records * 8
         strings_offset, strings_capacity = int(h["strings_offset"]), int(h["strings_capacity"])
         records_offset, declared_size = int(h["records_offset"]), int(h["file_size"])
         records_end = records_offset + capacity * c["GPUSCOPE_RECORD_SIZE"]
-        if not (c["GPUSCOPE_HEADER_SIZE"] <= strings_offset and strings_offset + strings_capacity <= records_offset
+        if not (c["GPUSCOPE_HEADER_SIZE"] <= writers_offset and writers_end <= blocks_offset and blocks_offset % 8 == 0
+                and blocks_end <= strings_offset and strings_offset + strings_capacity <= records_offset
                 and strings_capacity < 1 << 32 and records_offset % c["GPUSCOPE_RECORD_SIZE"] == 0
                 and records_end <= declared_size):
             raise CorruptRingError(
-                f"{where}: sections overlap or overrun the file (strings at {strings_offset}+{strings_capacity}, "
-                f"records at {records_offset}+{capacity} records, file_size {declared_size})")
+                f"{where}: sections overlap or overrun the file (writers at {writers_offset}, blocks at "
+                f"{blocks_offset}, strings at {strings_offset}+{strings_capacity}, records at {records_offset}+"
+                f"{capacity} records, file_size {declared_size})")
         if declared_size != file_size:
             raise CorruptRingError(
                 f"{where}: the file is {file_size} bytes but its header says {declared_size}: truncated or damaged")
@@ -174,7 +212,9 @@ class RingReader:
         if int(h["n_devices"]) > c["GPUSCOPE_MAX_DEVICES"]:
             raise CorruptRingError(f"{where}: {int(h['n_devices'])} devices, more than the header holds")
         return RingHeader(
-            abi_version=int(h["abi_version"]), capacity=capacity, strings_offset=strings_offset,
+            abi_version=int(h["abi_version"]), capacity=capacity, block_records=block_records,
+            max_writers=max_writers, clock=clock, clock_ticks_per_s=int(h["clock_ticks_per_s"]),
+            writers_offset=writers_offset, blocks_offset=blocks_offset, strings_offset=strings_offset,
             strings_capacity=strings_capacity, records_offset=records_offset, file_size=declared_size,
             start_monotonic_ns=int(h["start_monotonic_ns"]), start_realtime_ns=int(h["start_realtime_ns"]),
             writer_pid=int(h["writer_pid"]),
@@ -204,65 +244,129 @@ class RingReader:
     @property
     def status(self) -> RingStatus:
         h = self._live_header()
+        writers = self._read_writers()
         return RingStatus(
-            state=self._writer_state(h, self._writer_holds_lock()), pid=self.header.writer_pid, crash_signal=int(h["crash_signal"]),
-            written=int(h["write_cursor"]), read=self.read, lost=self.lost,
-            strings_dropped=int(h["strings_dropped"]), writer_dropped=int(h["writer_dropped"]),
+            state=self._writer_state(h, self._writer_holds_lock()), pid=self.header.writer_pid,
+            crash_signal=int(h["crash_signal"]), written=self._accounting(h, writers, final=False)[0],
+            read=self.read, lost=self.lost,
+            strings_dropped=int(h["strings_dropped"]),
+            writer_dropped=int(writers["dropped"].sum()) + int(h["unattached_dropped"]),
+            position=self._position(self._hi, int(h["unattached_dropped"])),
         )
 
-    # -- records ------------------------------------------------------------------------------------------------
+    def _read_writers(self) -> np.ndarray:
+        writers = np.empty(self.header.max_writers, self.schema.structs["gpuscope_ring_writer"].dtype())
+        self._read_into(writers, self.header.writers_offset)
+        return writers
 
-    def skip_to(self, ticket: int) -> None:
-        """Read from `ticket` on (a write cursor taken earlier, see `status.written`): the records before it belong
-        to someone else (an earlier session on the same engine) and are neither read nor counted as lost."""
-        cursor = int(self._live_header()["write_cursor"])
-        if not 0 <= ticket <= cursor:
-            raise ValueError(f"ticket {ticket} is not between 0 and the write cursor {cursor}")
-        self._next_ticket = max(self._next_ticket, ticket)
+    def _accounting(self, h: np.void, writers: np.ndarray, final: bool) -> tuple[int, int]:
+        """(written, lost) since this reader's starting point. Per writer, written is the count its entry gives
+        (or what was seen of it, should a damaged entry say less) and lost the numbers up to the highest one
+        taken that were not; `final`: the writer is gone, so every number it gave out that was not taken is lost."""
+        taken = self._taken.astype(np.uint64)
+        seen = np.maximum(writers["emitted"].astype(np.uint64), self._hi) - self._base
+        written = np.maximum(seen, taken)
+        lost = written - taken if final else np.maximum(self._hi - self._base, taken) - taken
+        unattached = max(0, int(h["unattached_dropped"]) - self._base_unattached)
+        return int(written.sum()) + unattached, int(lost.sum()) + unattached
+
+    @staticmethod
+    def _position(per_writer: np.ndarray, unattached: int) -> dict:
+        used = np.flatnonzero(per_writer)
+        return {"writers": {str(int(w)): int(per_writer[w]) for w in used}, "unattached": int(unattached)}
+
+    def written_position(self) -> dict:
+        """Everything the writer has emitted so far, as a position for `skip_to`."""
+        return self._position(self._read_writers()["emitted"].astype(np.uint64),
+                              int(self._live_header()["unattached_dropped"]))
+
+    def skip_to(self, position: dict) -> None:
+        """Read only what comes after `position` (a `status.position` of an earlier reader, or
+        `written_position()`): records up to it belong to someone else and are neither read nor counted as lost.
+        Only before the first drain."""
+        if self._order or self._taken.any():
+            raise ValueError("skip_to is for a reader that has not drained yet")
+        try:
+            per_writer = {int(w): int(n) for w, n in position["writers"].items()}
+            unattached = int(position["unattached"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"not a ring position: {position!r}") from None
+        for w, n in per_writer.items():
+            if not 0 <= w < self.header.max_writers or not 0 <= n < 1 << 47:
+                raise ValueError(f"not a ring position: writer {w} at {n}")
+            self._base[w] = self._hi[w] = n
+        self._base_unattached = unattached
 
     def drain(self, max_records: int | None = None) -> np.ndarray:
-        """Committed records since the last drain, in ticket order, as a structured array (raw records).
+        """Records committed since the last drain (at most `max_records`; the rest wait for the next call), in
+        timestamp order, as a structured array (raw records, timestamps in CLOCK_MONOTONIC ns, `seq` this
+        reader's running count from 1).
 
         Once the path names another file (the ring was removed and a new one made there) and this ring has
         nothing more to give, a `CorruptRingError` says so."""
-        h = self._live_header()
-        cursor = int(h["write_cursor"])
-        if not self._next_ticket <= cursor < 1 << 62:
-            raise CorruptRingError(f"{self.path}: write cursor {cursor} is impossible "
-                                   f"(already read up to ticket {self._next_ticket})")
-        holds_lock = self._writer_holds_lock()
-        writer_done = self._writer_state(h, holds_lock) != "alive"
-        capacity = self.header.capacity
-        if cursor - self._next_ticket > capacity:  # lapped: the oldest records were overwritten
-            self.lost += cursor - capacity - self._next_ticket
-            self._next_ticket = cursor - capacity
-        if max_records is not None:
-            cursor = min(cursor, self._next_ticket + max_records)
-        out = np.empty(cursor - self._next_ticket, self._opaque)
-        filled = 0
-        while self._next_ticket < cursor:
-            first = self._next_ticket
-            slot = first & (capacity - 1)
-            count = min(cursor - first, capacity - slot, _CHUNK)
-            kept, n_done = self._copy_committed(first, slot, count, writer_done, holds_lock,
-                                                out[filled:filled + count])
-            filled += kept
-            self._next_ticket += n_done
-            if n_done < count:  # a producer has not committed its record yet: resume there next time
-                break
-        self.read += filled
-        if filled == 0 and writer_done and self._path_names_another_file():
+        self._scan()
+        out = np.concatenate(self._held) if self._held else np.empty(0, self.schema.record_dtype)
+        if max_records is not None and out.size > max_records:
+            self._held = [out[max_records:]]
+            out = out[:max_records]
+        else:
+            self._held = []
+        self.read += out.size
+        if out.size == 0 and self._writer_gone_scanned and self._path_names_another_file():
             raise CorruptRingError(f"{self.path}: another ring file is at this path now (the one read here was "
                                    "removed and a new one made): everything of the old ring was read; open the "
                                    "new one with a new reader")
-        return out[:filled].view(self.schema.record_dtype)
+        return out
 
-    def _copy_committed(self, first: int, slot: int, count: int, writer_done: bool, writer_holds_lock: bool,
-                        dest: np.ndarray) -> tuple[int, int]:
-        """Copy `count` slots into `dest`, keep the committed ones at its front: (records kept, tickets done)."""
-        busy = np.uint64(self.schema.constants["GPUSCOPE_SEQ_BUSY"])
-        offset = self.header.records_offset + slot * self.schema.record_size
+    def _scan(self) -> None:
+        """Take every record committed now, oldest block ticket first, and settle the loss accounting."""
+        h = self._live_header()
+        size = os.fstat(self._file.fileno()).st_size
+        if size < self.header.file_size:  # a drain may find nothing new to copy, yet the records are gone
+            raise CorruptRingError(f"{self.path}: the file ends at byte {size}, inside the ring: it was truncated "
+                                   "under this reader")
+        holds_lock = self._writer_holds_lock()
+        writer_done = self._writer_state(h, holds_lock) != "alive"
+        B = self.header.block_records
+        n_blocks = self._block_key.size
+        states = np.empty(n_blocks, np.uint64)
+        self._read_into(states, self.header.blocks_offset)
+        open_bit = np.uint64(self.schema.constants["GPUSCOPE_BLOCK_OPEN"])
+        keys = states & ~open_bit
+        changed = keys != self._block_key
+        self._block_key[changed] = keys[changed]
+        self._block_taken[changed] = 0
+        todo = np.flatnonzero((keys != 0) & (self._block_taken < B))
+        oldest = int(h["block_cursor"]) & (n_blocks - 1)
+        todo = todo[np.argsort((todo - oldest) % n_blocks, kind="stable")]
+        closed = (states & open_bit) == 0
+        taken: list[np.ndarray] = []
+        # runs of consecutive blocks, each read with one pread per pass
+        breaks = np.flatnonzero(np.diff(todo) != 1) + 1
+        per_run = max(1, _CHUNK // B)
+        for run in np.split(todo, breaks):
+            for first in range(0, run.size, per_run):
+                blocks = run[first:first + per_run]
+                taken.append(self._take_blocks(blocks, keys[blocks], closed[blocks] | writer_done, holds_lock))
+        records = np.concatenate(taken) if taken else np.empty(0, self._opaque)
+        records = records.view(self.schema.record_dtype)
+        records = records[self._settle(records, h, writer_done)]
+        if records.size:
+            records["ts_ns"] = self._to_monotonic(records["ts_ns"].astype(np.int64), h).astype(np.uint64)
+            records = records[np.argsort(records["ts_ns"], kind="stable")]
+            records["seq"] = np.arange(self._order + 1, self._order + records.size + 1, dtype=np.uint64)
+            self._order += records.size
+            self._held.append(records)
+
+    def _take_blocks(self, blocks: np.ndarray, keys: np.ndarray, final: np.ndarray, writer_holds_lock: bool
+                     ) -> np.ndarray:
+        """The newly committed records of consecutive `blocks` (whose keys are `keys`); `final`: blocks whose owner
+        is done with them, whose untaken rest will never be committed."""
+        B = self.header.block_records
+        count = blocks.size * B
+        offset = self.header.records_offset + int(blocks[0]) * B * self.schema.record_size
         stride = self.schema.record_size // 8
+        dest = np.empty(count, self._opaque)
         if writer_holds_lock:
             before, after = self._seq_before[:count], self._seq_after[:count]
             self._read_into(before, offset)
@@ -272,22 +376,80 @@ class RingReader:
         else:  # no process holds the ring open any more: nothing changes between copies, one is enough
             self._read_into(dest, offset)
             seq_before = seq_after = dest.view(np.uint64)[::stride]
-        expected = np.arange(first + 1, first + count + 1, dtype=np.uint64)
-        committed = (seq_before == expected) & (seq_after == expected)
-        if committed.all():
-            return count, count
-        overwritten = ((seq_before & ~busy) > expected) | ((seq_after & ~busy) > expected)
-        unfinished = ~committed & ~overwritten
-        if writer_done:  # nobody will ever finish these
-            overwritten |= unfinished
-            n_done = count
-        else:
-            stops = np.flatnonzero(unfinished)
-            n_done = int(stops[0]) if stops.size else count
-        self.lost += int(np.count_nonzero(overwritten[:n_done]))
-        kept = dest[:n_done][committed[:n_done]]
-        dest[:kept.size] = kept
-        return kept.size, n_done
+        slot = np.arange(B, dtype=np.uint64)
+        expected = (keys[:, None] + slot[None, :]).reshape(-1)
+        committed = ((seq_before == expected) & (seq_after == expected)).reshape(blocks.size, B)
+        already = self._block_taken[blocks]
+        ok = committed | (slot[None, :] < already[:, None].astype(np.uint64))
+        prefix = np.where(ok.all(axis=1), B, np.argmin(ok, axis=1))
+        wanted = (slot[None, :] >= already[:, None].astype(np.uint64)) & (slot[None, :] < prefix[:, None])
+        self._block_taken[blocks] = np.where(final, B, prefix)
+        return dest[wanted.reshape(-1)]
+
+    def _settle(self, records: np.ndarray, h: np.void, writer_done: bool) -> np.ndarray:
+        """Count what `records` add per writer and what is now lost for good; returns which records are this
+        reader's (those past a `skip_to` position)."""
+        shift = self.schema.constants["GPUSCOPE_WRITER_SHIFT"]
+        seq = records["seq"]
+        writer = (seq >> np.uint64(shift)) & np.uint64(0xFFFF)
+        number = seq & np.uint64((1 << shift) - 1)
+        if writer.size and int(writer.max()) >= self.header.max_writers:
+            raise CorruptRingError(f"{self.path}: a record names writer {int(writer.max())}, over the "
+                                   f"{self.header.max_writers} the ring has")
+        mine = number > self._base[writer.astype(np.int64)]  # late records of what was skipped stay skipped
+        writer, number = writer[mine].astype(np.int64), number[mine]
+        np.maximum.at(self._hi, writer, number)
+        np.add.at(self._taken, writer, 1)
+        self.lost = self._accounting(h, self._read_writers(), final=writer_done)[1]
+        self._writer_gone_scanned = writer_done
+        return mine
+
+    # -- timestamps ---------------------------------------------------------------------------------------------
+
+    def _to_monotonic(self, stamps: np.ndarray, h: np.void) -> np.ndarray:
+        """CLOCK_MONOTONIC ns for the records' stamps: TSC ticks go through the calibration pairs, piecewise
+        linear between neighbours, the rate over all of them outside (the measured rate with one pair)."""
+        if self.header.clock != "tsc":
+            return stamps
+        self._collect_clock_pairs()
+        pairs = sorted(set(self._clock_pairs.values()))
+        if not pairs:
+            raise CorruptRingError(f"{self.path}: a TSC ring with no calibration pair")
+        ticks = np.array([p[0] for p in pairs], np.int64)
+        ns = np.array([p[1] for p in pairs], np.int64)
+        keep = np.concatenate(([True], np.diff(ticks) > 0))  # a rate needs distinct ticks
+        ticks, ns = ticks[keep], ns[keep]
+        if ticks.size == 1:
+            return ns[0] + np.rint((stamps - ticks[0]) * (1e9 / self.header.clock_ticks_per_s)).astype(np.int64)
+        segment = np.clip(np.searchsorted(ticks, stamps, side="right") - 1, 0, ticks.size - 2)
+        t0, t1, n0, n1 = ticks[segment], ticks[segment + 1], ns[segment], ns[segment + 1]
+        rate = (n1 - n0) / (t1 - t0)
+        # past either end, the rate over every pair: the newest segment may be a millisecond long
+        outside = (stamps < ticks[0]) | (stamps > ticks[-1])
+        rate[outside] = (ns[-1] - ns[0]) / (ticks[-1] - ticks[0])
+        t0 = np.where(stamps > ticks[-1], ticks[-1], t0)
+        n0 = np.where(stamps > ticks[-1], ns[-1], n0)
+        return n0 + np.rint((stamps - t0) * rate).astype(np.int64)
+
+    def _collect_clock_pairs(self) -> None:
+        """Add the header's complete pairs to those kept (the header holds the newest GPUSCOPE_CLOCK_PAIRS). A
+        pair is read between two reads of its sequence: one being rewritten is left for the next drain."""
+        fields = {f.name: f for f in self.schema.structs["gpuscope_ring_header"].fields}
+        taken = np.empty(1, np.uint64)  # now, after the records: the pairs taken before their commits
+        self._read_into(taken, fields["clock_pairs_taken"].offset)
+        if int(taken[0]) == 0 or int(taken[0]) - 1 in self._clock_pairs:
+            return
+        n_pairs = self.schema.constants["GPUSCOPE_CLOCK_PAIRS"]
+        seq_before, seq_after = np.empty(n_pairs, np.uint64), np.empty(n_pairs, np.uint64)
+        pair_ticks, pair_ns = np.empty(n_pairs, np.int64), np.empty(n_pairs, np.int64)
+        self._read_into(seq_before, fields["clock_pair_seq"].offset)
+        self._read_into(pair_ticks, fields["clock_pair_ticks"].offset)
+        self._read_into(pair_ns, fields["clock_pair_ns"].offset)
+        self._read_into(seq_after, fields["clock_pair_seq"].offset)
+        for i in np.flatnonzero((seq_before == seq_after) & (seq_before != 0)):
+            n = int(seq_before[i]) - 1
+            if n % n_pairs == i:
+                self._clock_pairs[n] = (int(pair_ticks[i]), int(pair_ns[i]))
 
     # -- decoding -----------------------------------------------------------------------------------------------
 

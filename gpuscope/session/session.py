@@ -278,7 +278,7 @@ class Session:
             self._main.skip_existing()
         # the engine (and its ring) outlives sessions in one process: this session's live view starts here
         self._ring_reader = RingReader(self.engine.ring_path)
-        self._ring_reader.skip_to(self._ring_reader.status.written)
+        self._ring_reader.skip_to(self._ring_reader.written_position())
         atexit.register(self.close)
         try:
             self._open(rpc_threads, ring_capacity)

@@ -58,7 +58,8 @@ _EXIT = _Object({"returncode": int, "signal": int, "how": str})
 _RING = _Object({"state": str, "crash_signal": (int, str), "pid": int, "path": str, "opened": bool,
                  "capacity": _COUNT, "written": _COUNT, "read": _COUNT, "lost": _COUNT, "strings_dropped": _COUNT,
                  "writer_dropped": _COUNT, "start_monotonic_ns": int, "start_realtime_ns": int,
-                 "devices": ([(str, None)], _Each((str, None))), "unknown_kinds": _Each(_COUNT)})
+                 "devices": ([(str, None)], _Each((str, None))), "unknown_kinds": _Each(_COUNT), "clock": str,
+                 "position": _Object({"writers": _Each(_COUNT, keys=r"[0-9]{1,5}"), "unattached": _COUNT})})
 _ENGINE = _Object({"name": str, "backend": str, "hooks": bool, "hook_series_sha256": str, "built_at": str,
                    "root": str, "bin_dir": str, "program_dir": str, "options": [str], "targets": [str],
                    "ggml_ops": _Each(str, keys=r"-?[0-9]{1,9}"),

@@ -190,10 +190,12 @@ def recover_ring(ring: str | os.PathLike, out: str | os.PathLike, *, keep_ring: 
     partial = _partial_trace(out, ring)
     reader = RingReader(ring)
     before = partial.meta["ring"] if partial is not None else {}
-    if partial is not None:  # the tickets the recorder already took (read or counted lost)
-        reader.skip_to(min(int(before.get("read", 0)) + int(before.get("lost", 0)), reader.status.written))
+    if partial is not None and "position" in before:  # what the recorder already took (read or counted lost)
+        reader.skip_to(before["position"])
     tables, ring_meta = RingTap(ring, reader).finish()
     added = int(ring_meta["read"])
+    accounted = int(before.get("read", 0)) + int(before.get("lost", 0))  # the recorder's share: up to its position
+    ring_meta["written"] += accounted
     ring_meta["read"] += int(before.get("read", 0))
     ring_meta["lost"] += int(before.get("lost", 0))
     if partial is not None:

@@ -124,6 +124,7 @@ def ring_meta(reader: RingReader) -> dict:
         "strings_dropped": status.strings_dropped, "writer_dropped": status.writer_dropped,
         "start_monotonic_ns": header.start_monotonic_ns, "start_realtime_ns": header.start_realtime_ns,
         "devices": reader.device_names(), "unknown_kinds": reader.unknown_kinds,
+        "clock": header.clock, "position": status.position,
     }
 
 

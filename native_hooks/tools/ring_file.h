@@ -21,4 +21,22 @@ static inline gpuscope_ring_header read_ring_header(const char * path) {
     return h;
 }
 
+/* Records given up by the writer: the writer entries' drops and those of
+ * threads that found no entry. */
+static inline uint64_t read_ring_dropped(const char * path) {
+    const gpuscope_ring_header h = read_ring_header(path);
+    gpuscope_ring_writer w;
+    uint64_t dropped = h.unattached_dropped;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    for (uint32_t i = 0; fd >= 0 && i < h.max_writers; i++) {
+        if (pread(fd, &w, sizeof(w), (off_t)(h.writers_offset + i * sizeof(w))) != (ssize_t)sizeof(w)) {
+            perror(path);
+            exit(1);
+        }
+        dropped += w.dropped;
+    }
+    close(fd);
+    return dropped;
+}
+
 #endif

@@ -155,7 +155,7 @@ int main(int argc, char ** argv) {
     gpuscope_ring_close();
 
     printf("{\"written\": %" PRIu64 ", \"writer_dropped\": %" PRIu64 "}\n",
-           opts.events * opts.threads, read_ring_header(path).writer_dropped);
+           opts.events * opts.threads, read_ring_dropped(path));
     free(threads);
     free(path);
     return 0;
