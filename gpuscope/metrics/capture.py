@@ -77,7 +77,7 @@ class RecordWindow:
         self._recent = _last(self._recent, MAX_RECORDS)
 
     def records(self) -> np.ndarray:
-        """State, then the recent records from `seconds` before the newest on, in ticket order."""
+        """State, then the recent records from `seconds` before the newest on, in the order the reader took them."""
         parts = self._state + self._recent
         if not parts:
             return np.empty(0)
