@@ -39,7 +39,11 @@ def _noisy(trace) -> list:
 
 
 def test_a_busy_machine_makes_a_noisy_run_and_a_quiet_one_does_not(engine_build, gemma) -> None:
-    busy = _sweep(engine_build, gemma, busy=2)
+    # the scheduler can share two cores evenly for a whole short sweep (seen once in CI-like runs): up to three tries
+    for _ in range(3):
+        busy = _sweep(engine_build, gemma, busy=2)
+        if _noisy(busy):
+            break
     load = busy.meta["load"]
     assert load["cpus"] and load["others_share"] >= BUSY_OTHERS_SHARE, load
     spinners = [p for p in load["others"] if p["name"].startswith("python")]
