@@ -305,7 +305,11 @@ class RingReader:
         Once the path names another file (the ring was removed and a new one made there) and this ring has
         nothing more to give, a `CorruptRingError` says so."""
         self._scan()
-        out = np.concatenate(self._held) if self._held else np.empty(0, self.schema.record_dtype)
+        if len(self._held) == 1:
+            out = self._held[0]
+        else:  # joined as opaque items: a structured concatenate copies field by field
+            out = np.concatenate([held.view(self._opaque) for held in self._held] or [np.empty(0, self._opaque)])
+            out = out.view(self.schema.record_dtype)
         if max_records is not None and out.size > max_records:
             self._held = [out[max_records:]]
             out = out[:max_records]
@@ -348,15 +352,21 @@ class RingReader:
             for first in range(0, run.size, per_run):
                 blocks = run[first:first + per_run]
                 taken.append(self._take_blocks(blocks, keys[blocks], closed[blocks] | writer_done, holds_lock))
+        # selections and reorderings on the opaque items (a memcpy each); fields through a structured view
         records = np.concatenate(taken) if taken else np.empty(0, self._opaque)
-        records = records.view(self.schema.record_dtype)
-        records = records[self._settle(records, h, writer_done)]
+        mine = self._settle(records.view(self.schema.record_dtype), h, writer_done)
+        if not mine.all():
+            records = records[mine]
         if records.size:
-            records["ts_ns"] = self._to_monotonic(records["ts_ns"].astype(np.int64), h).astype(np.uint64)
-            records = records[np.argsort(records["ts_ns"], kind="stable")]
-            records["seq"] = np.arange(self._order + 1, self._order + records.size + 1, dtype=np.uint64)
+            stamps = self._to_monotonic(records.view(self.schema.record_dtype)["ts_ns"].astype(np.int64))
+            if (np.diff(stamps) < 0).any():  # threads' blocks interleave: one time order
+                order = np.argsort(stamps, kind="stable")
+                records, stamps = records[order], stamps[order]
+            typed = records.view(self.schema.record_dtype)
+            typed["ts_ns"] = stamps.astype(np.uint64)
+            typed["seq"] = np.arange(self._order + 1, self._order + records.size + 1, dtype=np.uint64)
             self._order += records.size
-            self._held.append(records)
+            self._held.append(typed)
 
     def _take_blocks(self, blocks: np.ndarray, keys: np.ndarray, final: np.ndarray, writer_holds_lock: bool
                      ) -> np.ndarray:
@@ -398,15 +408,18 @@ class RingReader:
                                    f"{self.header.max_writers} the ring has")
         mine = number > self._base[writer.astype(np.int64)]  # late records of what was skipped stay skipped
         writer, number = writer[mine].astype(np.int64), number[mine]
-        np.maximum.at(self._hi, writer, number)
-        np.add.at(self._taken, writer, 1)
+        if writer.size:  # ufunc.at is slow: a grouped maximum and a count
+            highest = pd.Series(number).groupby(writer).max()
+            at = highest.index.to_numpy(np.int64)
+            self._hi[at] = np.maximum(self._hi[at], highest.to_numpy(np.uint64))
+            self._taken += np.bincount(writer, minlength=self._taken.size)
         self.lost = self._accounting(h, self._read_writers(), final=writer_done)[1]
         self._writer_gone_scanned = writer_done
         return mine
 
     # -- timestamps ---------------------------------------------------------------------------------------------
 
-    def _to_monotonic(self, stamps: np.ndarray, h: np.void) -> np.ndarray:
+    def _to_monotonic(self, stamps: np.ndarray) -> np.ndarray:
         """CLOCK_MONOTONIC ns for the records' stamps: TSC ticks go through the calibration pairs, piecewise
         linear between neighbours, the rate over all of them outside (the measured rate with one pair)."""
         if self.header.clock != "tsc":
