@@ -18,7 +18,13 @@ from gpuscope.session.workloads import sweep_loop
 from gpuscope.trace.model import load_trace
 
 RUNS = Path(__file__).resolve().parent.parent / "datasets" / "h200-bench-doctor"
-BUSY_LOOP = "while True: pass"
+# bursts of 1-30 ms with pauses between: what other processes on the engine's cores do; a steady spin can be
+# shared out so evenly for a whole short sweep that its steps do not scatter (seen in a fresh-clone run)
+BUSY_LOOP = ("import random, time\n"
+             "while True:\n"
+             "    end = time.monotonic() + random.uniform(0.001, 0.03)\n"
+             "    while time.monotonic() < end: pass\n"
+             "    time.sleep(random.uniform(0.001, 0.02))")
 
 
 def _sweep(engine_build, gemma, busy: int):

@@ -133,7 +133,9 @@ def _roles(steps: pd.DataFrame, session_steps: pd.DataFrame | None, session_ids:
     if session_steps is None or session_ids is None or "role" not in session_steps.columns:
         return target
     roles = session_steps.drop_duplicates("step", keep="last").set_index("step")["role"].astype(str)
-    return steps["step"].map(session_ids).map(roles).fillna(target)
+    # object before filling: a damaged trace whose steps match no session maps to an all-NaN float column
+    mapped = steps["step"].map(session_ids).map(roles).astype(object)
+    return mapped.where(mapped.notna(), target)
 
 
 def _config_labels(steps: pd.DataFrame, session_steps: pd.DataFrame | None, session_ids: pd.Series | None,

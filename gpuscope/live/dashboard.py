@@ -298,7 +298,8 @@ class Dashboard:
             for key, (x, y, hover) in steps.series.items():
                 name = html.escape(key, quote=False)
                 x, y, hover = x[-MAX_POINTS_PER_SERIES:], y[-MAX_POINTS_PER_SERIES:], hover[-MAX_POINTS_PER_SERIES:]
-                level = rolling_level(y).tolist()
+                # None where a series is too short for a median: NaN is not JSON, and the widget's message would fail
+                level = [v if v == v else None for v in rolling_level(y).tolist()]
                 if name in drawn:
                     drawn[name].update(x=x, y=y, hovertext=[html.escape(h, quote=False) for h in hover])
                     drawn[name + MEDIAN].update(x=x, y=level)

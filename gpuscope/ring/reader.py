@@ -439,7 +439,8 @@ class RingReader:
         rate = (n1 - n0) / (t1 - t0)
         # past either end, the rate over every pair: the newest segment may be a millisecond long
         outside = (stamps < ticks[0]) | (stamps > ticks[-1])
-        rate[outside] = (ns[-1] - ns[0]) / (ticks[-1] - ticks[0])
+        # in floats: a damaged header's pairs can be far enough apart to overflow int64
+        rate[outside] = (float(ns[-1]) - float(ns[0])) / (float(ticks[-1]) - float(ticks[0]))
         t0 = np.where(stamps > ticks[-1], ticks[-1], t0)
         n0 = np.where(stamps > ticks[-1], ns[-1], n0)
         return n0 + np.rint((stamps - t0) * rate).astype(np.int64)
