@@ -17,7 +17,7 @@ def test_demo_writes_a_report_it_names_and_the_notebooks(engine_build, gemma, tm
     report = Path(re.search(r"^report: (.+)$", done.stdout, re.M).group(1))
     assert report == tmp_path / "demo" / "demo-report.html" and report.stat().st_size > 1_000_000
     page = report.read_text()
-    assert "gpuscope demo: default model on this CPU" in page and "Gemma 3 270m" in page
+    assert "gpuscope demo: default model on this CPU" in page and "the CPU engine" in done.stderr and "Gemma 3 270m" in page
     steps, complete = map(int, re.search(r"^steps: (\d+) \((\d+) complete\)$", done.stdout, re.M).groups())
     assert steps == complete >= 12  # 2 depths x 6 decode steps, plus the fill
     assert f"jupyter lab {tmp_path / 'demo' / 'notebooks'}" in done.stdout

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuscope.engine import patcher, source
+from gpuscope.engine import accelerators, patcher, source
 from gpuscope.errors import EngineBuildError, EngineNotFoundError, PatchError
 from gpuscope.log import say
 from gpuscope.paths import cache_root
@@ -118,25 +118,12 @@ def cmake_options(spec: BuildSpec, build_dir: Path) -> list[str]:
         "-DLLAMA_OPENSSL=OFF",
     ]
     if spec.backend == "cuda":
-        options += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={spec.cuda_arch or detect_cuda_arch()}"]
+        options += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={spec.cuda_arch or accelerators.cuda_arch()}"]
     elif spec.backend == "hip":
         if not spec.hip_arch:
             raise EngineBuildError("a HIP build needs the GPU architecture: pass --hip-arch (for example gfx942)")
         options += ["-DGGML_HIP=ON", f"-DGPU_TARGETS={spec.hip_arch}", f"-DAMDGPU_TARGETS={spec.hip_arch}"]
     return options
-
-
-def detect_cuda_arch() -> str:
-    """The compute capabilities of the GPUs present, as CMAKE_CUDA_ARCHITECTURES wants them (e.g. '90')."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    archs = sorted({line.strip().replace(".", "") for line in out.splitlines() if line.strip()})
-    if not archs:
-        raise EngineBuildError("no NVIDIA GPU found to take the CUDA architecture from: pass --cuda-arch (e.g. 90)")
-    return ";".join(archs)
 
 
 def tree_digest(root: Path) -> str:

@@ -13,10 +13,9 @@ import json
 import os
 import platform
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
+from gpuscope.engine.accelerators import nvidia_gpu_facts
 from gpuscope.engine.source import pinned_source_dir
 from gpuscope.trace.model_bytes import ModelFileError, model_bytes
 
@@ -57,7 +56,7 @@ def machine() -> dict:
     """This machine: system, CPU model and cores, memory, and each NVIDIA GPU with its driver."""
     facts = {"system": platform.platform(), "cpu": _cpu_model(), "cpu_cores": os.cpu_count(),
              "memory_bytes": _memory_bytes()}
-    gpus = _nvidia_gpus()
+    gpus = nvidia_gpu_facts()
     if gpus:
         facts["gpu"] = "; ".join(gpus)
     return {key: value for key, value in facts.items() if value is not None}
@@ -81,19 +80,6 @@ def _memory_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def _nvidia_gpus() -> list[str]:
-    """'name, driver, memory' per GPU, as nvidia-smi reports them; none without nvidia-smi."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        done = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
 
 
 _OP_ENUM = re.compile(r"enum\s+ggml_op\s*\{(.*?)\};", re.S)
