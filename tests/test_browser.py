@@ -201,3 +201,48 @@ def test_notebook_01_in_jupyterlab_shows_the_dashboard_updating(engine_build, ge
     assert summary["dashboard_refreshes_with_new_steps"] >= 3
     dashboard.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "jupyterlab-dashboard-done.png"))
+
+
+SCIENTIFIC = r"\b\d+(\.\d+)?e[+-]?\d+\b"
+
+
+def test_what_a_reader_needs_is_in_the_visible_text(browser, tmp_path, artifacts) -> None:
+    """A multi-configuration sweep, a two-GPU trace with its kernels and a compare of two GPU runs, as a person sees
+    them: the sweep's configurations ranked at the top, one breakdown row per GPU with its busy share, no number in
+    scientific notation anywhere on the page, no console error, offline; each page kept as a full-page screenshot."""
+    import re
+
+    from gpuscope.analysis import Analysis
+    from gpuscope.compare import compare
+    from gpuscope.report import write_compare_report
+
+    splits = DATASETS / "h200x2-splits"
+    pages = {"sweep": write_report(DATASETS / "cpu" / "cpu-sweep-split-configs.trace", tmp_path / "sweep.html"),
+             "two-gpus": write_report(splits / "x2-kernels-tensor.trace", tmp_path / "two-gpus.html"),
+             "compare": write_compare_report(compare(Analysis(splits / "x2-sm-layer-nkvo.trace"),
+                                                         Analysis(splits / "x2-sm-layer-ts1-1.trace")),
+                                             tmp_path / "compare.html")}
+    for name, report in pages.items():
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        fetched, errors = [], []
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                   else (fetched.append(route.request.url), route.abort()))
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(report.as_uri())
+        figures = report.read_text().count("Plotly.newPlot(")
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {figures}")
+        visible = page.evaluate("() => document.body.innerText")
+        svg_text = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot text'))"
+                                 ".map(t => t.textContent).join('\\n')")
+        assert not re.search(SCIENTIFIC, visible + svg_text), re.search(SCIENTIFIC, visible + svg_text)
+        assert fetched == [] and errors == [], (fetched, errors)
+        if name == "sweep":
+            assert "Configurations ranked by median decode time per token" in visible
+        if name == "two-gpus":
+            rows = [t for t in svg_text.splitlines() if t.startswith("GPU ") and "(kernels collected)" in t]
+            assert len(rows) == 2 and all(": busy " in t and t.endswith("of a step (median)") for t in rows), rows
+        if name == "compare":
+            assert re.search(r"\d+(\.\d+)?x faster: [\d.]+ -> [\d.]+ ms/token", visible), "a speed-up said as a ratio"
+        page.screenshot(path=str(artifacts / f"reader-{name}.png"), full_page=True)
+        page.close()
