@@ -353,7 +353,7 @@ class RingReader:
                 blocks = run[first:first + per_run]
                 taken.append(self._take_blocks(blocks, keys[blocks], closed[blocks] | writer_done, holds_lock))
         # selections and reorderings on the opaque items (a memcpy each); fields through a structured view
-        records = np.concatenate(taken) if taken else np.empty(0, self._opaque)
+        records = (taken[0] if len(taken) == 1 else np.concatenate(taken)) if taken else np.empty(0, self._opaque)
         mine = self._settle(records.view(self.schema.record_dtype), h, writer_done)
         if not mine.all():
             records = records[mine]
@@ -394,24 +394,26 @@ class RingReader:
         prefix = np.where(ok.all(axis=1), B, np.argmin(ok, axis=1))
         wanted = (slot[None, :] >= already[:, None].astype(np.uint64)) & (slot[None, :] < prefix[:, None])
         self._block_taken[blocks] = np.where(final, B, prefix)
-        return dest[wanted.reshape(-1)]
+        wanted = wanted.reshape(-1)
+        return dest if wanted.all() else dest[wanted]  # whole blocks, the usual case, need no second copy
 
     def _settle(self, records: np.ndarray, h: np.void, writer_done: bool) -> np.ndarray:
         """Count what `records` add per writer and what is now lost for good; returns which records are this
         reader's (those past a `skip_to` position)."""
         shift = self.schema.constants["GPUSCOPE_WRITER_SHIFT"]
-        seq = records["seq"]
-        writer = (seq >> np.uint64(shift)) & np.uint64(0xFFFF)
+        seq = np.ascontiguousarray(records["seq"])  # the records' one strided read
+        writer = ((seq >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.int64)
         number = seq & np.uint64((1 << shift) - 1)
         if writer.size and int(writer.max()) >= self.header.max_writers:
             raise CorruptRingError(f"{self.path}: a record names writer {int(writer.max())}, over the "
                                    f"{self.header.max_writers} the ring has")
-        mine = number > self._base[writer.astype(np.int64)]  # late records of what was skipped stay skipped
-        writer, number = writer[mine].astype(np.int64), number[mine]
-        if writer.size:  # ufunc.at is slow: a grouped maximum and a count
-            highest = pd.Series(number).groupby(writer).max()
-            at = highest.index.to_numpy(np.int64)
-            self._hi[at] = np.maximum(self._hi[at], highest.to_numpy(np.uint64))
+        if self._base.any():  # late records of what was skipped stay skipped
+            mine = number > self._base[writer]
+            writer, number = writer[mine], number[mine]
+        else:
+            mine = np.ones(seq.size, bool)
+        if writer.size:  # numpy >= 1.25 runs ufunc.at on a fast path: 10-20x a pandas grouped maximum
+            np.maximum.at(self._hi, writer, number)
             self._taken += np.bincount(writer, minlength=self._taken.size)
         self.lost = self._accounting(h, self._read_writers(), final=writer_done)[1]
         self._writer_gone_scanned = writer_done
@@ -434,16 +436,15 @@ class RingReader:
         ticks, ns = ticks[keep], ns[keep]
         if ticks.size == 1:
             return ns[0] + np.rint((stamps - ticks[0]) * (1e9 / self.header.clock_ticks_per_s)).astype(np.int64)
-        segment = np.clip(np.searchsorted(ticks, stamps, side="right") - 1, 0, ticks.size - 2)
-        t0, t1, n0, n1 = ticks[segment], ticks[segment + 1], ns[segment], ns[segment + 1]
-        rate = (n1 - n0) / (t1 - t0)
-        # past either end, the rate over every pair: the newest segment may be a millisecond long
-        outside = (stamps < ticks[0]) | (stamps > ticks[-1])
-        # in floats: a damaged header's pairs can be far enough apart to overflow int64
-        rate[outside] = (float(ns[-1]) - float(ns[0])) / (float(ticks[-1]) - float(ticks[0]))
-        t0 = np.where(stamps > ticks[-1], ticks[-1], t0)
-        n0 = np.where(stamps > ticks[-1], ns[-1], n0)
-        return n0 + np.rint((stamps - t0) * rate).astype(np.int64)
+        # between pairs, linear between neighbours (in float64: ticks and ns since boot stay far below 2**53)
+        converted = np.rint(np.interp(stamps, ticks, ns)).astype(np.int64)
+        # past either end, the rate over every pair: the newest segment may be a millisecond long; in floats, for a
+        # damaged header's pairs can be far enough apart to overflow int64
+        rate = (float(ns[-1]) - float(ns[0])) / (float(ticks[-1]) - float(ticks[0]))
+        for outside, tick, at in ((stamps < ticks[0], ticks[0], ns[0]), (stamps > ticks[-1], ticks[-1], ns[-1])):
+            if outside.any():
+                converted[outside] = at + np.rint((stamps[outside] - tick) * rate).astype(np.int64)
+        return converted
 
     def _collect_clock_pairs(self) -> None:
         """Add the header's complete pairs to those kept (the header holds the newest GPUSCOPE_CLOCK_PAIRS). A
