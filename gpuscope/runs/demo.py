@@ -45,7 +45,7 @@ def demo(out: str | os.PathLike, *, model: str | os.PathLike = "default", engine
     out.mkdir(parents=True, exist_ok=True)
     if engine is None:
         choice = _backend_choice(backend)
-        _say(f"1/5 the patched {choice.backend.upper()} engine (built once, then cached): {choice.reason}")
+        _say(f"1/5 {choice.reason}, patched (built once, then cached)")
         arch = {"cuda_arch" if choice.backend == "cuda" else "hip_arch": choice.arch} if choice.arch else {}
         engine = str(build_engine(BuildSpec(backend=choice.backend, **arch)).root)
     else:
