@@ -59,7 +59,8 @@ def choose_backend(found: Accelerators) -> BackendChoice:
 
 def detect() -> Accelerators:
     """This machine's GPUs and GPU compilers."""
-    return Accelerators(nvidia=tuple(nvidia_gpus()), nvcc=_compiler("nvcc", os.environ.get("CUDA_HOME"), "/usr/local/cuda"),
+    return Accelerators(nvidia=tuple(nvidia_gpus()),
+                        nvcc=_compiler("nvcc", os.environ.get("CUDA_HOME"), "/usr/local/cuda"),
                         amd=tuple(amd_gpus()), hipcc=_compiler("hipcc", os.environ.get("ROCM_PATH"), "/opt/rocm"))
 
 
