@@ -358,6 +358,9 @@ def test_legend_entries_have_colours_of_their_own_across_groups() -> None:
         fig = figures[name]
         drawn = {group: c - {"None"} for group, c in legend_colors(fig).items() if not group.startswith("event ")}
         assert all(len(c) <= 1 for c in drawn.values()), (name, drawn)
+    # weights in a buffer and over the mapped model file sat side by side in one blue
+    owners = {group: next(iter(c)) for group, c in legend_colors(figures["memory_over_time"]).items() if c}
+    assert {"weights", "weights (mapped file)"} <= set(owners) and len(set(owners.values())) == len(owners), owners
 
 
 def test_breakdown_memory_and_copies_are_drawn_per_configuration(tmp_path) -> None:

@@ -37,7 +37,7 @@ from gpuscope.doctor.rules import diagnose, is_noisy
 from gpuscope.errors import ReportError
 from gpuscope.live.events import memory_per_config
 from gpuscope.live.sources import Steps, source_for
-from gpuscope.plots.style import category_color, config_colors
+from gpuscope.plots.style import config_colors, owner_color
 from gpuscope.runs.verify import DEFAULT_ROUNDS, verify
 from gpuscope.session.workloads import sweep_loop
 from gpuscope.trace.model import Trace
@@ -372,7 +372,7 @@ class Dashboard:
                 fig.data = []
                 for index, owner in enumerate(owners):
                     fig.add_bar(name=html.escape(owner, quote=False), x=[], y=[],
-                                marker_color=category_color(owner.split(" ")[0], index))
+                                marker_color=owner_color(owner, index))
             for trace, owner in zip(fig.data, owners):
                 part = held[held["owner"] == owner].set_index("location")["bytes"]
                 trace.update(x=locations, y=[float(part.get(loc, 0)) / MIB for loc in raw_locations])

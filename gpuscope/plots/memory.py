@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gpuscope.analysis.memory import MAPPED, timeline
-from gpuscope.plots.style import TEMPLATE, TIME_AXIS, category_color, device_namer, empty, figure, seconds_since, text
+from gpuscope.plots.style import TEMPLATE, TIME_AXIS, device_namer, empty, figure, owner_color, seconds_since, text
 from gpuscope.units import MIB, number, size
 
 
@@ -56,7 +56,7 @@ def memory_over_time(buffers: pd.DataFrame, *, t0_ns: int, device_names: pd.Data
             fig.add_trace(go.Scatter(
                 x=x, y=values / MIB, mode="lines", line_shape="hv", stackgroup=f"location{row}", name=text(owner),
                 legendgroup=owner, showlegend=row == 1 or owner not in _owners_before(held, locations[:row - 1]),
-                line=dict(width=0.5, color=category_color(owner.removesuffix(MAPPED), index)),
+                line=dict(width=0.5, color=owner_color(owner, index)),
                 opacity=0.6 if owner.endswith(MAPPED) else 1.0, hovertext=hovers, hoverinfo="text"),
                 row=row, col=1)
         fig.update_yaxes(title_text="MiB", rangemode="tozero", row=row, col=1)

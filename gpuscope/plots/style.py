@@ -12,6 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from gpuscope.analysis.memory import MAPPED
+
 TEMPLATE = "plotly_white"
 PALETTE = qualitative.Plotly + qualitative.D3
 # enough distinct colours for every legend entry of one figure
@@ -22,6 +24,9 @@ CATEGORY_COLORS = {
     "copy": "#FFA15A", "reserve": "#FF6692", "host_prepare": "#B6E880", "host_scheduling": "#19D3F3",
     "host_after_compute": "#FECB52", "idle": "#E5E5E5", "unexplained_ns": "#BAB0AC", "gpu_idle": "#D0D0D0",
 }
+
+
+MAPPED_WEIGHTS_COLOR = "#A9AEF9"  # not in the palettes above: weights' blue, lighter
 
 
 def text(value) -> str:
@@ -38,6 +43,15 @@ def config_colors(labels) -> dict[str, str]:
     """A colour per configuration label, in order of first appearance."""
     unique = list(dict.fromkeys(str(label) for label in labels))
     return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(unique)}
+
+
+def owner_color(owner: str, fallback_index: int) -> str:
+    """A memory owner's colour: weights over a mapped model file a lighter blue than weights in a buffer (two
+    legend entries side by side must not share one), an owner with a suffix ('kv (seq 0)') its category's."""
+    if owner.endswith(MAPPED):
+        return MAPPED_WEIGHTS_COLOR if owner.removesuffix(MAPPED) == "weights" else \
+            category_color(owner.removesuffix(MAPPED), fallback_index)
+    return category_color(owner.split(" ")[0], fallback_index)
 
 
 def category_color(category: str, fallback_index: int) -> str:
