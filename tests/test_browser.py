@@ -45,13 +45,22 @@ def browser():
         launched.close()
 
 
-def test_report_in_headless_chromium_offline(browser, tmp_path, artifacts) -> None:
-    report = write_report(DATASETS / "cpu" / "cpu-markup-tensor-names.trace", tmp_path / "report.html")
+def offline_page(browser):
+    """A page that refuses (and notes) anything but file: URLs, and notes console errors and uncaught exceptions:
+    (page, fetched, errors)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    fetched, dialogs = [], []
-    # offline: anything but the file itself is refused (and noted)
+    fetched, errors = [], []
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
                else (fetched.append(route.request.url), route.abort()))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return page, fetched, errors
+
+
+def test_report_in_headless_chromium_offline(browser, tmp_path, artifacts) -> None:
+    report = write_report(DATASETS / "cpu" / "cpu-markup-tensor-names.trace", tmp_path / "report.html")
+    page, fetched, _ = offline_page(browser)
+    dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.goto(report.as_uri())
     figures = report.read_text().count("Plotly.newPlot(")
@@ -86,12 +95,7 @@ def test_timeline_in_headless_chromium_zooms_to_a_finding(browser, tmp_path, art
                         ("two-gpus-kv-on-host", DATASETS / "h200x2-splits" / "x2-sm-layer-nkvo.trace")):
         analysis = Analysis(trace)
         report = write_report(analysis, tmp_path / f"{name}.html")
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        fetched, errors = [], []
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                   else (fetched.append(route.request.url), route.abort()))
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        page, fetched, errors = offline_page(browser)
         page.goto(report.as_uri())
         page.wait_for_function("document.querySelector('#gpuscope-timeline .main-svg') !== null")
         lanes = page.evaluate("() => document.getElementById('gpuscope-timeline')._fullLayout.yaxis._categories")
@@ -224,12 +228,7 @@ def test_what_a_reader_needs_is_in_the_visible_text(browser, tmp_path, artifacts
                                                          Analysis(splits / "x2-sm-layer-ts1-1.trace")),
                                              tmp_path / "compare.html")}
     for name, report in pages.items():
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        fetched, errors = [], []
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                   else (fetched.append(route.request.url), route.abort()))
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        page, fetched, errors = offline_page(browser)
         page.goto(report.as_uri())
         figures = report.read_text().count("Plotly.newPlot(")
         page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {figures}")

@@ -38,11 +38,11 @@ class BackendChoice:
 def choose_backend(found: Accelerators) -> BackendChoice:
     """The GPU backend whose GPU and compiler are both here (NVIDIA before AMD), else the CPU, with why."""
     if found.nvidia and found.nvcc:
-        return BackendChoice("cuda", ";".join(sorted({arch for _, arch in found.nvidia})),
+        return BackendChoice("cuda", _archs(found.nvidia),
                              tuple(name for name, _ in found.nvidia),
                              f"{_gpu_list(found.nvidia)} and nvcc ({found.nvcc}): the CUDA engine")
     if found.amd and found.hipcc:
-        return BackendChoice("hip", ";".join(sorted({arch for _, arch in found.amd})),
+        return BackendChoice("hip", _archs(found.amd),
                              tuple(name for name, _ in found.amd),
                              f"{_gpu_list(found.amd)} and hipcc ({found.hipcc}): the HIP engine")
     if found.nvidia:
@@ -106,16 +106,21 @@ def parse_rocminfo(out: str) -> list[tuple[str, str]]:
 
 def cuda_arch() -> str:
     """The compute capabilities of the NVIDIA GPUs present, as CMAKE_CUDA_ARCHITECTURES wants them (e.g. '90')."""
-    archs = sorted({arch for _, arch in nvidia_gpus()})
-    if not archs:
+    gpus = nvidia_gpus()
+    if not gpus:
         raise EngineBuildError("no NVIDIA GPU found to take the CUDA architecture from: pass --cuda-arch (e.g. 90)")
-    return ";".join(archs)
+    return _archs(gpus)
+
+
+def _archs(gpus) -> str:
+    """The GPUs' distinct architectures, ';'-separated as CMake's architecture lists take them."""
+    return ";".join(sorted({arch for _, arch in gpus}))
 
 
 def _gpu_list(gpus: tuple[tuple[str, str], ...]) -> str:
     names = sorted({name for name, _ in gpus})
     count = f"{len(gpus)} GPUs" if len(gpus) > 1 else "GPU"
-    return f"{count} {', '.join(names)} ({', '.join(sorted({arch for _, arch in gpus}))})"
+    return f"{count} {', '.join(names)} ({_archs(gpus).replace(';', ', ')})"
 
 
 def _compiler(name: str, home: str | None, default_home: str) -> str | None:

@@ -47,10 +47,9 @@ def config_colors(labels) -> dict[str, str]:
 
 def owner_color(owner: str, fallback_index: int) -> str:
     """A memory owner's colour: weights over a mapped model file a lighter blue than weights in a buffer (two
-    legend entries side by side must not share one), an owner with a suffix ('kv (seq 0)') its category's."""
-    if owner.endswith(MAPPED):
-        return MAPPED_WEIGHTS_COLOR if owner.removesuffix(MAPPED) == "weights" else \
-            category_color(owner.removesuffix(MAPPED), fallback_index)
+    legend entries side by side must not share one), an owner with a suffix ('kv (seq 0)', 'compute (mapped file)') its category's."""
+    if owner == "weights" + MAPPED:
+        return MAPPED_WEIGHTS_COLOR
     return category_color(owner.split(" ")[0], fallback_index)
 
 
