@@ -35,6 +35,7 @@
 
 #define PAGE_BYTES        4096u
 #define EMPTY_ENTRY_BYTES 8u                    /* reserved entry at id 0: len 0, '\0', padding */
+#define MIN_BLOCK_RECORDS 16u                   /* the smallest ring: 16 blocks of 16 */
 #define CLAIM_ATTEMPTS    4                     /* blocks a thread tries before it gives a record up */
 #define SEQ_MASK          ((1ULL << GPUSCOPE_WRITER_SHIFT) - 1)
 
@@ -46,6 +47,7 @@ struct ring {
     gpuscope_record *      records;
     char *                 strings;
     uint64_t               block_mask;   /* n_blocks - 1 */
+    uint64_t               block_records;
     uint64_t               generation;   /* which open this is: thread state of an older ring is stale */
     int64_t                opened_ticks; /* TSC at the pair taken at open */
     int64_t                clock_due;    /* atomic: TSC at which an emit takes the next calibration pair */
@@ -311,23 +313,28 @@ static void install_process_hooks_once(void) {
 
 /* ---- producers ------------------------------------------------------------ */
 
-/* This thread's producer, made on its first use; NULL only when out of memory. */
-static struct producer * current_producer(void) {
-    struct producer * p = this_producer;
-    if (GPUSCOPE_UNLIKELY(p == NULL)) {
-        if (posix_memalign((void **)&p, 64, sizeof(*p)) != 0) {
-            return NULL;
-        }
-        memset(p, 0, sizeof(*p));
-        p->tid = (uint32_t)syscall(SYS_gettid);
-        pthread_mutex_lock(&ring_mutex);
-        p->link = producers;
-        producers = p;
-        pthread_mutex_unlock(&ring_mutex);
-        this_producer = p;
-        pthread_setspecific(producer_key, p);
+/* A thread's first use: its producer, or NULL when out of memory. Kept out of
+ * line, so the emit's common path is one TLS load and a test. */
+static __attribute__((noinline)) struct producer * make_producer(void) {
+    struct producer * p;
+    if (posix_memalign((void **)&p, 64, sizeof(*p)) != 0) {
+        return NULL;
     }
+    memset(p, 0, sizeof(*p));
+    p->tid = (uint32_t)syscall(SYS_gettid);
+    pthread_mutex_lock(&ring_mutex);
+    p->link = producers;
+    producers = p;
+    pthread_mutex_unlock(&ring_mutex);
+    this_producer = p;
+    pthread_setspecific(producer_key, p);
     return p;
+}
+
+/* This thread's producer, made on its first use; NULL only when out of memory. */
+static inline __attribute__((always_inline)) struct producer * current_producer(void) {
+    struct producer * p = this_producer;
+    return GPUSCOPE_UNLIKELY(p == NULL) ? make_producer() : p;
 }
 
 /* Announce, then look: see the comment at producers_fence. Returns the active
@@ -398,8 +405,8 @@ static int take_block(struct producer * p, struct ring * r) {
                                         __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
             p->block_state = state;
             p->block_key   = p->next_seq;
-            p->next        = &r->records[index * GPUSCOPE_BLOCK_RECORDS];
-            p->block_end   = p->next + GPUSCOPE_BLOCK_RECORDS;
+            p->next        = &r->records[index * r->block_records];
+            p->block_end   = p->next + r->block_records;
             return 1;
         }
     }
@@ -490,10 +497,15 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
     if (capacity > GPUSCOPE_MAX_CAPACITY || strings_bytes > UINT32_MAX - PAGE_BYTES) {
         return -EINVAL;
     }
-    /* At least four blocks: a thread lapped while it fills one leaves the others three. */
-    capacity      = round_up_pow2(capacity < 4 * GPUSCOPE_BLOCK_RECORDS ? 4 * GPUSCOPE_BLOCK_RECORDS : capacity);
+    /* At least 16 blocks: a thread lapped while it fills one leaves the others
+     * 15. Large blocks make claims rare (a claim's two shared cache lines
+     * cost 2 ns of a two-thread emit at 64 records a block on the Xeon VM). */
+    capacity      = round_up_pow2(capacity < GPUSCOPE_MIN_BLOCKS * MIN_BLOCK_RECORDS
+                                      ? GPUSCOPE_MIN_BLOCKS * MIN_BLOCK_RECORDS : capacity);
+    const uint64_t block_records  = capacity / GPUSCOPE_MIN_BLOCKS < GPUSCOPE_MAX_BLOCK_RECORDS
+                                        ? capacity / GPUSCOPE_MIN_BLOCKS : GPUSCOPE_MAX_BLOCK_RECORDS;
     strings_bytes = round_up(strings_bytes < EMPTY_ENTRY_BYTES ? EMPTY_ENTRY_BYTES : strings_bytes, PAGE_BYTES);
-    const uint64_t n_blocks       = capacity / GPUSCOPE_BLOCK_RECORDS;
+    const uint64_t n_blocks       = capacity / block_records;
     const uint64_t writers_offset = GPUSCOPE_HEADER_SIZE;
     const uint64_t blocks_offset  = writers_offset + GPUSCOPE_MAX_WRITERS * sizeof(gpuscope_ring_writer);
     const uint64_t strings_offset = round_up(blocks_offset + n_blocks * sizeof(uint64_t), PAGE_BYTES);
@@ -549,6 +561,7 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
     r->strings    = (char *)base + strings_offset;
     r->records    = (gpuscope_record *)(void *)((char *)base + records_offset);
     r->block_mask = n_blocks - 1;
+    r->block_records = block_records;
     r->generation = ++generations;
     r->map_bytes  = (size_t)file_size;
 
@@ -566,7 +579,7 @@ static int open_locked(const char * path, uint64_t capacity, uint64_t strings_by
     h->file_size          = file_size;
     h->writers_offset     = writers_offset;
     h->blocks_offset      = blocks_offset;
-    h->block_records      = GPUSCOPE_BLOCK_RECORDS;
+    h->block_records      = (uint32_t)block_records;
     h->max_writers        = GPUSCOPE_MAX_WRITERS;
     h->clock              = (uint32_t)timestamp_clock;
     h->clock_ticks_per_s  = timestamp_clock == GPUSCOPE_CLOCK_TSC ? clock_ticks_per_s : 0;
@@ -639,12 +652,17 @@ static void open_from_environment(void) {
     pthread_mutex_unlock(&ring_mutex);
 }
 
-/* This thread's producer inside the active ring (opening $GPUSCOPE_RING on
- * first use); NULL, with nothing to leave, when there is no ring. */
-static inline struct producer * enter(struct ring ** ring) {
+/* The first use in the process opens the ring $GPUSCOPE_RING names, which
+ * also settles the clock records use. */
+static inline void open_on_first_use(void) {
     if (GPUSCOPE_UNLIKELY(__atomic_load_n(&gpuscope_active, __ATOMIC_RELAXED) == &lazy_open_sentinel)) {
         open_from_environment();
     }
+}
+
+/* This thread's producer inside the active ring, after open_on_first_use();
+ * NULL, with nothing to leave, when there is no ring. */
+static inline __attribute__((always_inline)) struct producer * enter_opened(struct ring ** ring) {
     struct producer * p = current_producer();
     if (GPUSCOPE_UNLIKELY(p == NULL)) {
         return NULL;
@@ -653,17 +671,40 @@ static inline struct producer * enter(struct ring ** ring) {
     return *ring != NULL ? p : NULL;
 }
 
+static inline __attribute__((always_inline)) struct producer * enter(struct ring ** ring) {
+    open_on_first_use();
+    return enter_opened(ring);
+}
+
 /* ---- emit ----------------------------------------------------------------- */
 
 /* Payloads are 16 to 40 bytes, multiples of 4: a copy of a known size is a
  * few moves, where memcpy and memset of a variable size were two calls
- * (2 of a 17 ns emit on the EPYC VM). */
-#define COPY_CASE_(n) \
-    case n: memcpy(dst, src, n); memset(dst + n, 0, GPUSCOPE_PAYLOAD_SIZE - n); break;
+ * (2 of a 17 ns emit on the EPYC VM). The moves are 8 bytes wide: the hook
+ * has just stored the payload field by field, and the store buffer forwards
+ * a load no wider than the store it reads, where a 16-byte load over two
+ * fresh 8-byte stores waits for both to reach the cache (1 ns of a 15 ns
+ * emit on the Xeon VM, with the inlined thread lookup). */
+static inline void copy_words(uint8_t * dst, const uint8_t * src, size_t size) {
+    size_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+        uint64_t word;
+        memcpy(&word, src + i, 8);
+        memcpy(dst + i, &word, 8);
+    }
+    if (i < size) {
+        uint32_t tail;
+        memcpy(&tail, src + i, 4);
+        memcpy(dst + i, &tail, 4);
+        i += 4;
+    }
+    memset(dst + i, 0, GPUSCOPE_PAYLOAD_SIZE - i);
+}
+#define COPY_CASE_(n) case n: copy_words(dst, src, n); break;
 static inline void copy_payload(uint8_t * dst, const void * src, size_t size) {
     switch (size) {
         COPY_CASE_(16) COPY_CASE_(20) COPY_CASE_(24) COPY_CASE_(28) COPY_CASE_(32) COPY_CASE_(36)
-        case GPUSCOPE_PAYLOAD_SIZE: memcpy(dst, src, GPUSCOPE_PAYLOAD_SIZE); break;
+        COPY_CASE_(GPUSCOPE_PAYLOAD_SIZE)
         default:
             size = size < GPUSCOPE_PAYLOAD_SIZE ? size : GPUSCOPE_PAYLOAD_SIZE;
             memcpy(dst, src, size);
@@ -685,8 +726,12 @@ static void give_up_record(struct producer * p, struct ring * r) {
 }
 
 void gpuscope_emit_slow(uint16_t kind, int16_t device, const void * payload, size_t size) {
+    open_on_first_use();
+    /* The clock first: the TSC read is microcoded (about 8 ns on the Xeon VM,
+     * most of an emit) and the work below overlaps its end (0.5 ns). */
+    const uint64_t ts = record_timestamp();
     struct ring * r;
-    struct producer * p = enter(&r);
+    struct producer * p = enter_opened(&r);
     if (p == NULL) {
         return;
     }
@@ -704,7 +749,6 @@ void gpuscope_emit_slow(uint16_t kind, int16_t device, const void * payload, siz
     __atomic_store_n(&rec->seq, seq | GPUSCOPE_SEQ_BUSY, __ATOMIC_RELAXED);
     /* Readers must see BUSY before any byte of the new record. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    const uint64_t ts = record_timestamp();
     rec->ts_ns  = ts;
     rec->kind   = kind;
     rec->device = device;

@@ -50,7 +50,8 @@ extern "C" {
 #define GPUSCOPE_DEFAULT_CAPACITY (1u << 20)         /* records: 64 MiB */
 #define GPUSCOPE_DEFAULT_STRINGS  (1u << 20)         /* bytes */
 #define GPUSCOPE_MAX_CAPACITY     (1ULL << 28)       /* records (16 GiB): writer and reader refuse more */
-#define GPUSCOPE_BLOCK_RECORDS    64                 /* records per block: one 4 KiB page */
+#define GPUSCOPE_MAX_BLOCK_RECORDS 256               /* records per block (16 KiB) in a ring of 16 blocks or more */
+#define GPUSCOPE_MIN_BLOCKS       16                 /* a smaller ring has smaller blocks, down to 16 records */
 #define GPUSCOPE_MAX_WRITERS      1024               /* producer threads a ring can tell apart */
 #define GPUSCOPE_WRITER_SHIFT     47                 /* seq = writer << 47 | sequence number */
 #define GPUSCOPE_BLOCK_OPEN       (1ULL << 63)       /* block state: its owner may still write */
@@ -86,7 +87,7 @@ typedef struct gpuscope_ring_header {
     uint64_t file_size;
     uint64_t writers_offset;       /* max_writers writer entries */
     uint64_t blocks_offset;        /* capacity / block_records block states */
-    uint32_t block_records;        /* records per block, a power of two */
+    uint32_t block_records;        /* records per block, a power of two: capacity / 16, 16 to 256 */
     uint32_t max_writers;
     uint32_t clock;                /* enum gpuscope_ring_clock */
     uint32_t reserved;

@@ -130,7 +130,7 @@ def record_mutations(ring: bytes):
     and the whole ring decoded as each kind."""
     capacity = read_value(ring, HEADER_FIELDS["capacity"])
     records = read_value(ring, HEADER_FIELDS["records_offset"])
-    block = SCHEMA.constants["GPUSCOPE_BLOCK_RECORDS"]
+    block = read_value(ring, HEADER_FIELDS["block_records"])
     newest = (read_value(ring, HEADER_FIELDS["block_cursor"]) - 1) % (capacity // block) * block
     size = SCHEMA.record_size
     for slot in sorted({0, 1, capacity // 2, capacity - 1, newest, newest + 1, newest + block - 1}):
@@ -224,7 +224,7 @@ def test_the_unmutated_rings_read_whole(producer_ring, library_ring, tmp_path):
     path = tmp_path / "ok.ring"
     path.write_bytes(producer_ring)
     with RingReader(path) as reader:  # full but for the unfilled rest of each thread's last block
-        assert 1024 - 2 * SCHEMA.constants["GPUSCOPE_BLOCK_RECORDS"] <= len(reader.read_all()["mark"]) <= 1024
+        assert 1024 - 2 * reader.header.block_records <= len(reader.read_all()["mark"]) <= 1024
     path.write_bytes(library_ring)
     with RingReader(path) as reader:
         assert reader.device_names() == ["CUDA0", "CPU"]

@@ -26,7 +26,7 @@ STATE_OPEN, STATE_CLOSED, STATE_CRASHED = 1, 2, 3
 SEQ_BUSY = 1 << 63
 BLOCK_OPEN = 1 << 63
 WRITER_SHIFT = 47
-BLOCK_RECORDS, MAX_WRITERS, CLOCK_PAIRS = 64, 1024, 64
+BLOCK_RECORDS, MAX_WRITERS, CLOCK_PAIRS = 64, 1024, 64  # block_records of a 1024-record ring: 1024 / 16
 CHECKSUM = 0x9E3779B97F4A7C15
 KIND_MARK = 1
 
@@ -63,8 +63,9 @@ def read_ring(path) -> tuple[dict, np.ndarray, dict[int, str]]:
     n_blocks = header["capacity"] // header["block_records"]
     header["blocks"] = np.frombuffer(data, "<u8", count=n_blocks, offset=header["blocks_offset"])
     slots = np.frombuffer(data, MARK_RECORD, count=header["capacity"], offset=header["records_offset"])
-    keys = (header["blocks"] & np.uint64(~BLOCK_OPEN & (1 << 64) - 1)).repeat(BLOCK_RECORDS)
-    expected = keys + np.tile(np.arange(BLOCK_RECORDS, dtype=np.uint64), n_blocks)
+    block = header["block_records"]
+    keys = (header["blocks"] & np.uint64(~BLOCK_OPEN & (1 << 64) - 1)).repeat(block)
+    expected = keys + np.tile(np.arange(block, dtype=np.uint64), n_blocks)
     records = slots[(keys != 0) & (slots["seq"] == expected)]
     strings = {}
     section = data[header["strings_offset"]:header["strings_offset"] + header["strings_used"]]

@@ -17,8 +17,6 @@ from gpuscope.ring.reader import CLOCK_BOUND_NS, RingReader
 from gpuscope.ring.schema import load_schema
 from ring_programs import check_marks, start_producer, wait_for_ring
 
-BLOCK_RECORDS = load_schema().constants["GPUSCOPE_BLOCK_RECORDS"]
-
 
 def test_four_producers_live_drain_accounts_for_every_record(tmp_path):
     path = tmp_path / "live.ring"
@@ -55,7 +53,8 @@ def test_late_reader_counts_overwritten_records_exactly(tmp_path):
         status = reader.status
     assert status.written == 100_000
     # the ring is full but for the unfilled rest of each thread's last block
-    assert status.read == len(marks) and capacity - 2 * BLOCK_RECORDS <= len(marks) <= capacity
+    assert status.read == len(marks) and capacity - 2 * reader.header.block_records <= len(marks) <= capacity
+    assert reader.header.block_records == 256  # capacity / 16
     assert status.lost == status.written - status.read
     check_marks(marks, 2)
     # the survivors are each thread's newest records

@@ -20,20 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from at_commit import source_at
 from gpuscope.bench.ring import _shm_or_tmp, ring_tool
 from gpuscope.ring.reader import RingReader
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def reader_at(commit: str):
     """RingReader as `gpuscope/ring/reader.py` was at `commit`."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:gpuscope/ring/reader.py"],
-                            capture_output=True, text=True)
-    if source.returncode != 0:
-        sys.exit(f"git show {commit}:gpuscope/ring/reader.py failed: {source.stderr.strip()}")
     folder = Path(tempfile.mkdtemp(prefix="gpuscope-reader-"))
-    (folder / "reader.py").write_text(source.stdout)
+    (folder / "reader.py").write_text(source_at(commit, "gpuscope/ring/reader.py"))
     spec = importlib.util.spec_from_file_location("gpuscope.ring.reader_at_" + commit[:12], folder / "reader.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made

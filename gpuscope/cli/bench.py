@@ -46,12 +46,15 @@ def _ring(args) -> int:
         ("emit, 2 threads", results["emit_ns_p50_2t"], results["emit_ns_p99_2t"], "ns/event"),
         ("emit, no ring open", results["disabled_emit_ns_p50"], None, "ns/event"),
         ("baseline: clock_gettime", results["clock_gettime_ns_p50"], None, "ns/call"),
-        *([("baseline: rdtsc", results["rdtsc_ns_p50"], None, "ns/call")] if "rdtsc_ns_p50" in results else []),
+        *([("baseline: rdtsc", results["rdtsc_ns_p50"], None, "ns/call"),
+           ("floor: rdtsc + one record's stores", results["record_floor_ns_p50"], results["record_floor_ns_p99"],
+            "ns/event")] if "rdtsc_ns_p50" in results else []),
         ("baseline: one locked fetch-add", results["locked_rmw_ns_p50"], None, "ns/call"),
         ("baseline: mutex ring, 1 thread", results["mutex_ring_ns_p50_1t"], None, "ns/event"),
         ("baseline: mutex ring, 2 threads", results["mutex_ring_ns_p50_2t"], None, "ns/event"),
     ]
-    print(f"{'measure':34} {'p50':>10} {'p99':>10}  unit")
+    print(f"{'measure':34} {'p50':>10} {'p99':>10}  unit  (net of the batch timer, "
+          f"{results['timer_ns']:.0f} ns a batch of {results['batch']})")
     for name, p50, p99, unit in rows:
         print(f"{name:34} {p50:10.1f} {'' if p99 is None else f'{p99:10.1f}':>10}  {unit}")
     print(f"{'drain into numpy':34} {results['drain_records_per_s_numpy'] / 1e6:10.1f} {'':>10}  M records/s")

@@ -179,10 +179,13 @@ class RingReader:
             if int(h[field]) != value:
                 raise CorruptRingError(f"{where}: header says {field} = {int(h[field])}, expected {value}")
         block_records, max_writers = int(h["block_records"]), int(h["max_writers"])
-        if block_records != c["GPUSCOPE_BLOCK_RECORDS"] or not 0 < max_writers <= c["GPUSCOPE_MAX_WRITERS"]:
+        # The block size follows the capacity (and was 64 records in every ring of the first ABI 3 writers).
+        most = c["GPUSCOPE_MAX_BLOCK_RECORDS"]
+        if not 0 < block_records <= most or block_records & (block_records - 1) or \
+                not 0 < max_writers <= c["GPUSCOPE_MAX_WRITERS"]:
             raise CorruptRingError(f"{where}: header says {block_records} records per block and {max_writers} "
-                                   f"writers, expected {c['GPUSCOPE_BLOCK_RECORDS']} and at most "
-                                   f"{c['GPUSCOPE_MAX_WRITERS']}")
+                                   f"writers, expected a power of two up to {most} and at most "
+                                   f"{c['GPUSCOPE_MAX_WRITERS']} writers")
         capacity = int(h["capacity"])
         if (capacity < block_records or capacity & (capacity - 1) or capacity > c["GPUSCOPE_MAX_CAPACITY"]):
             raise CorruptRingError(f"{where}: capacity {capacity} is not a power of two from {block_records} to "
