@@ -15,7 +15,7 @@
  * a producer whose next blocks were all still held by lapped threads. Two more
  * references say what an emit's nanoseconds are spent on: a raw TSC read (x86
  * only; an emit takes one where the TSC is invariant) and one uncontended
- * locked read-modify-write (an emit does none; a block claim, every 64
+ * locked read-modify-write (an emit does none; a block claim, every 256
  * records, does two). The floor is an emit's own stores with none of its
  * bookkeeping: a TSC read and one 64-byte record written and committed as an
  * emit writes it, into a private ring, with no thread lookup, no block, no
