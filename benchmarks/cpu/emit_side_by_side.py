@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from at_commit import source_at
-from gpuscope.ring.native import CFLAGS, native_hooks_dir, ring_tool
+from gpuscope.ring.native import CFLAGS, _compiler, native_hooks_dir, ring_tool
 
 FIGURES = ("emit_ns_p50_1t", "emit_ns_p99_1t", "emit_ns_p50_2t", "emit_ns_p99_2t", "rdtsc_ns_p50",
            "record_floor_ns_p50", "clock_gettime_ns_p50", "mutex_ring_ns_p50_1t", "disabled_emit_ns_p50")
@@ -33,7 +33,7 @@ def bench_against(commit: str, folder: Path) -> Path:
     for name in ("ring_bench.c", "ring_file.h"):
         shutil.copy(native_hooks_dir() / "tools" / name, folder / "tools" / name)
     program = folder / "ring-bench"
-    subprocess.run(["cc", *CFLAGS, str(folder / "tools" / "ring_bench.c"), str(folder / "gpuscope_ring.c"),
+    subprocess.run([*_compiler(), *CFLAGS, str(folder / "tools" / "ring_bench.c"), str(folder / "gpuscope_ring.c"),
                     "-o", str(program)], check=True)
     return program
 

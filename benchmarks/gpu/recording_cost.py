@@ -17,6 +17,7 @@ by kind, per token: what the engine emits per step at that depth. Prints one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpuscope.bench.overhead import _bench_args, _tg_rate
+from gpuscope.bench import overhead
 from gpuscope.engine.build import find_build
 from gpuscope.ring.reader import RingReader
 from gpuscope.runs import record as recorder
@@ -46,34 +47,40 @@ def records_per_token(ring: Path, n_gen: int) -> dict[str, float]:
     return {kind: count for kind, count in sorted(counts.items()) if count}
 
 
-def run_arm(arm: str, program: Path, args: list[str], scratch: Path, n_gen: int) -> tuple[float, dict]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GPUSCOPE_RING", "GPUSCOPE_RING_CLOCK")}
-    if arm.startswith("recorded"):
-        extra = {"GPUSCOPE_RING_CLOCK": "monotonic"} if arm == "recorded_mono" else None
-        name, value = PACING.get(arm, (None, None))
-        saved = getattr(recorder, name) if name else None
+@contextlib.contextmanager
+def arm_settings(arm: str):
+    """The ring's clock and the recorder's pacing as `arm` asks, in this process, for the length of one run."""
+    clock_before = os.environ.pop("GPUSCOPE_RING_CLOCK", None)
+    if arm == "recorded_mono":
+        os.environ["GPUSCOPE_RING_CLOCK"] = "monotonic"
+    name, value = PACING.get(arm, (None, None))
+    pacing_before = getattr(recorder, name) if name else None
+    if name:
+        setattr(recorder, name, value)
+    try:
+        yield
+    finally:
         if name:
-            setattr(recorder, name, value)
-        try:
-            trace = recorder.record([str(program), *args], scratch / f"{arm}.trace", quiet=True,
-                                    stdout=subprocess.PIPE, env={**env, **(extra or {})})
-        finally:
-            if name:
-                setattr(recorder, name, saved)
-        if trace.meta["exit"]["returncode"] != 0:
-            raise SystemExit(f"llama-bench {trace.meta['exit']['how']} while recording")
-        return _tg_rate(trace.meta["stdout"]), {}
-    ring = scratch / "alone.ring"
-    if arm == "ring_alone":
-        env["GPUSCOPE_RING"] = str(ring)
-    done = subprocess.run([str(program), *args], capture_output=True, text=True, env=env)
+            setattr(recorder, name, pacing_before)
+        os.environ.pop("GPUSCOPE_RING_CLOCK", None)
+        if clock_before is not None:
+            os.environ["GPUSCOPE_RING_CLOCK"] = clock_before
+
+
+def run_arm(arm: str, program: Path, args: list[str], scratch: Path, n_gen: int) -> tuple[float, dict]:
+    """Decode tokens/s of one run, and for ring_alone the records per token by kind."""
+    with arm_settings(arm):
+        if arm != "ring_alone":
+            return overhead.run_arm("hooks_off" if arm == "hooks_off" else "recording", {"patched": program},
+                                    args, scratch), {}
+        ring = scratch / "alone.ring"
+        done = subprocess.run([str(program), *args], capture_output=True, text=True,
+                              env={**os.environ, "GPUSCOPE_RING": str(ring)})
     if done.returncode != 0:
         raise SystemExit(f"{program} failed ({done.returncode}): {done.stderr[-1000:]}")
-    counts = {}
-    if arm == "ring_alone":
-        counts = records_per_token(ring, n_gen)
-        ring.unlink()
-    return _tg_rate(done.stdout), counts
+    counts = records_per_token(ring, n_gen)
+    ring.unlink()
+    return overhead._tg_rate(done.stdout), counts
 
 
 def main() -> None:
@@ -90,20 +97,20 @@ def main() -> None:
     program = find_build(options.build).program("llama-bench")
     started = time.monotonic()
     rates: dict[str, dict[str, list[float]]] = {str(d): {arm: [] for arm in options.arms} for d in options.depth}
-    per_token: dict[str, list[dict]] = {str(d): [] for d in options.depth}
+    per_token: dict[str, dict] = {str(d): {} for d in options.depth}  # of the latest ring_alone run
     with tempfile.TemporaryDirectory(prefix="gpuscope-cost-", dir="/dev/shm") as scratch:
         for round_index in range(options.rounds):
             if options.budget_s is not None and time.monotonic() - started > options.budget_s:
                 print(f"  stopped after {round_index} rounds: time budget", file=sys.stderr)
                 break
             for depth in options.depth:
-                args = _bench_args(Path(options.model), depth, options.n_gen, options.extra)
+                args = overhead._bench_args(Path(options.model), depth, options.n_gen, options.extra)
                 for arm in options.arms:
                     rate, counts = run_arm(arm, program, args, Path(scratch), options.n_gen)
                     rates[str(depth)][arm].append(rate)
                     if counts:
-                        per_token[str(depth)].append(counts)
-                    print(f"  round {round_index + 1} depth {depth:>6} {arm:13} {rate:9.2f} t/s", file=sys.stderr)
+                        per_token[str(depth)] = counts
+                    print(f"  round {round_index + 1} depth {depth:>6} {arm:18} {rate:9.2f} t/s", file=sys.stderr)
     summary = {"n_gen": options.n_gen, "model": options.model, "extra": options.extra, "depths": {}}
     for depth, arms in rates.items():
         median = {arm: statistics.median(values) for arm, values in arms.items() if values}
@@ -111,7 +118,7 @@ def main() -> None:
             "tg_ts": arms,
             "median": median,
             "cost_vs_hooks_off": {arm: 1 - median[arm] / median["hooks_off"] for arm in median if arm != "hooks_off"},
-            "records_per_token": per_token[depth][-1] if per_token[depth] else {},
+            "records_per_token": per_token[depth],
         }
     print(json.dumps(summary, indent=1))
 
